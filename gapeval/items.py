@@ -14,7 +14,9 @@ DIRECTIONS = ("und", "gen")
 class ItemError(ValueError):
     """A malformed item; the message names the file, the item id and the field."""
 
-    def __init__(self, message: str, *, file: str | None = None, item: str | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, *, file: str | None = None, item: str | None = None, field: str | None = None
+    ):
         where = ", ".join(
             f"{k}={v}" for k, v in (("file", file), ("item", item), ("field", field)) if v is not None
         )
@@ -54,7 +56,9 @@ def validate_item(item: Item, file: str | None = None) -> None:
     def need_str(name: str, allow_empty: bool = False) -> None:
         value = getattr(item, name)
         if not isinstance(value, str) or (not allow_empty and not value.strip()):
-            raise ItemError(f"{name} must be a non-empty string, got {value!r}", file=file, item=str(item.id), field=name)
+            raise ItemError(
+                f"{name} must be a non-empty string, got {value!r}", file=file, item=str(item.id), field=name
+            )
 
     if not isinstance(item.id, str) or not item.id.strip():
         raise ItemError(f"id must be a non-empty string, got {item.id!r}", file=file, field="id")
