@@ -23,6 +23,7 @@ from gapeval.synth.world import (
     all_cells,
     all_kinds,
     cell_word,
+    counted_scene,
     plural,
     random_scene,
     render,
@@ -117,8 +118,7 @@ def make_numerical_perception(world: World, rng: random.Random) -> dict:
     a, b = rng.sample(range(1, 5), 2)
     cells = rng.sample(all_cells(), a + b)
     scene = Scene({cell: x for cell in cells[:a]} | {cell: y for cell in cells[a:]})
-    swapped_cells = rng.sample(all_cells(), a + b)
-    swapped = Scene({cell: x for cell in swapped_cells[:b]} | {cell: y for cell in swapped_cells[b:]})
+    swapped = counted_scene([(x, b), (y, a)])
     counts = {x.kind: b, y.kind: a}
     question = f"Swap the number of {plural(x.kind, 2)} and the number of {plural(y.kind, 2)}."
     return _item(
@@ -272,23 +272,31 @@ def item_key(item: Item | dict) -> str:
 
 
 def build_suite(n: int = 420, seed: int = 0, world: World | None = None) -> list[Item]:
-    """The ``synth`` suite: ``n`` distinct items, deterministic in ``seed`` (default 420 items)."""
-    world = world or World(seed)
+    """The ``synth`` suite: ``n`` distinct items, deterministic in ``seed`` (default 420 items).
+
+    World knowledge asks each realm once per hop, so a suite larger than the default world allows
+    (2 × 48 realms) gets a world with more realms — realms the shipped toy model never learned.
+    """
+    counts = category_counts(n)
+    world = world or World(seed, n_realms=max(48, -(-counts["world_knowledge"] // len(WK_SUBJECT))))
+    if counts["world_knowledge"] > len(WK_SUBJECT) * len(world.realms):
+        raise ValueError(
+            f"{counts['world_knowledge']} world-knowledge items need more than the world's {len(world.realms)} realms"
+        )
     rng = random.Random(f"suite-{seed}")
     items: list[Item] = []
     seen: set[str] = set()
-    for category, count in category_counts(n).items():
+    for category, count in counts.items():
         wk_pool = [(r, hop) for hop in WK_SUBJECT for r in world.realms]
         rng.shuffle(wk_pool)
         made = 0
         while made < count:
             if category == "world_knowledge":
-                realm, hop = wk_pool[made % len(wk_pool)]
+                realm, hop = wk_pool[made]
                 fields = make_world_knowledge(world, rng, realm, hop, phrasing=0)
-                key = f"{item_key(fields)}-{made // len(wk_pool)}"
             else:
                 fields = GENERATORS[category](world, rng)
-                key = item_key(fields)
+            key = item_key(fields)
             if key in seen:
                 continue
             seen.add(key)

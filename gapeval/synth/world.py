@@ -309,3 +309,11 @@ def random_scene(
     pool = list(cells) if cells is not None else all_cells()
     kinds = kinds or all_kinds()
     return Scene({cell: rng.choice(kinds) for cell in rng.sample(pool, n)})
+
+
+def counted_scene(groups: list[tuple[Obj, int]]) -> Scene:
+    """The canonical picture of counts: kinds in the order given, filling cells row by row."""
+    kinds = [obj for obj, n in groups for _ in range(n)]
+    if len(kinds) > GRID * GRID:
+        raise ValueError(f"{len(kinds)} objects do not fit a {GRID}x{GRID} grid")
+    return Scene(dict(zip(all_cells(), kinds, strict=False)))

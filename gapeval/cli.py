@@ -1,0 +1,205 @@
+"""The ``gapeval`` command: a thin shell over library functions that notebooks can call directly.
+
+Subcommands are :class:`Command` entries in :data:`COMMANDS`; another module adds one with :func:`register`
+(e.g. ``train-toy``), without touching the parser code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int | None]
+
+
+COMMANDS: list[Command] = []
+
+
+def register(command: Command) -> Command:
+    """Add a subcommand (names are unique; a later registration replaces an earlier one)."""
+    COMMANDS[:] = [c for c in COMMANDS if c.name != command.name]
+    COMMANDS.append(command)
+    return command
+
+
+def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``k=v`` pairs → kwargs; values are read as JSON when they parse (numbers, true/false, null), else strings."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-arg expects KEY=VALUE, got {pair!r}")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value
+    return kwargs
+
+
+# --- run -------------------------------------------------------------------------------------------------
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, help="oracle, toy, toy:VARIANT, janus:PATH, emu3:SPEC, py:MODULE:FACTORY"
+    )
+    p.add_argument(
+        "--suite", default="synth", help="synth, synth:N, public:PATH, hf:PATH, jsonl:PATH (default: synth)"
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="run directory (created, or resumed if it holds this run)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="items per batch, asked in both directions (default: 16)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="run seed: per-item request seeds derive from it (default: 0)"
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter keyword argument, repeatable (e.g. und_error=0.1, device_map=auto)",
+    )
+    p.add_argument("--limit", type=int, help="evaluate only the first N items of the suite")
+    p.add_argument("--edit", help="name of the knowledge edit or adapter applied to the model (recorded)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gapeval.models.registry import load_model
+    from gapeval.runner import run
+    from gapeval.suites import get_suite
+
+    suite = get_suite(args.suite)
+    items, suite_id = suite.items, suite.id
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be positive, got {args.limit}")
+        items, suite_id = items[: args.limit], f"{suite.id}[:{args.limit}]"
+    model = load_model(args.model, items, **parse_model_args(args.model_arg))
+    out = run(
+        model,
+        items,
+        args.out,
+        suite_id=suite_id,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        edit=args.edit,
+    )
+    print(out)
+    return 0
+
+
+# --- score, report, compare, suite export ----------------------------------------------------------------
+
+
+def _score_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="JSON {model: [[p11, p10, p01, p00], ...]} (one row per category)")
+
+
+def _score(args: argparse.Namespace) -> int:
+    from gapeval.score import score_file
+
+    print(score_file(args.file))
+    return 0
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, help="a run directory written by `gapeval run`")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gapeval.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", type=Path, help="two or more run directories")
+    p.add_argument("--out", type=Path, help="also write compare.md and compare.png into this directory")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from gapeval.report import compare
+
+    if len(args.run_dirs) < 2:
+        raise ValueError("compare needs at least two run directories")
+    png = None
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        png = args.out / "compare.png"
+    table = compare(args.run_dirs, png_path=png)
+    if args.out is not None:
+        (args.out / "compare.md").write_text(table, encoding="utf-8")
+    print(table)
+    return 0
+
+
+def _suite_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="suite_command", required=True, metavar="{export}")
+    export = sub.add_parser("export", help="save a suite in the toolkit's format (items.jsonl + images/)")
+    export.add_argument("--suite", default="synth", help="suite spec, as for `gapeval run` (default: synth)")
+    export.add_argument("--out", required=True, type=Path, help="folder to write")
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from gapeval.io import save_items
+    from gapeval.suites import get_suite
+
+    print(save_items(get_suite(args.suite).items, args.out))
+    return 0
+
+
+register(Command("run", "evaluate a model on a suite in both directions", _run_arguments, _run))
+register(
+    Command(
+        "score",
+        "Gap Score of joint-outcome rows (drop-in for the reference script)",
+        _score_arguments,
+        _score,
+    )
+)
+register(Command("report", "write report.md and the chart of a run directory", _report_arguments, _report))
+register(Command("compare", "side-by-side table of several runs", _compare_arguments, _compare))
+register(Command("suite", "suite utilities (export)", _suite_arguments, _suite))
+# The lead appends `train-toy` here with register(Command("train-toy", ...)).
+
+
+# --- entry point -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gapeval",
+        description="Measure the gap between a unified multimodal model's understanding and generation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_arguments(sub.add_parser(command.name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user errors (bad input, refused run directory) print one line and exit with 2."""
+    args = build_parser().parse_args(argv)
+    handler = next(c.handler for c in COMMANDS if c.name == args.command)
+    try:
+        return handler(args) or 0
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"gapeval {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,380 @@
+"""Janus / Janus-Pro through `transformers` (``JanusForConditionalGeneration`` + ``JanusProcessor``).
+
+Understanding: image + prompt → text through the chat template, batched with left padding, greedy by default.
+Generation: prompt → image tokens with classifier-free guidance (``generation_mode="image"``), decoded to
+pixels by the model's VQ decoder.
+
+Reproducibility: each request's ``seed`` drives its own sampler (see ``hf_common.make_row_sampler``), so a
+request's draws never depend on its batch neighbours. What can still differ between batch compositions is
+floating-point rounding of padded, batched matmuls; in float32 on the CPU the tests find identical outputs
+alone and in a mixed-length batch; in bfloat16 on a GPU a rare token may flip.
+
+Janus cannot condition image generation on an input image. ``input_image_policy="drop"`` (default)
+generates from the text alone and records the item ids in :meth:`JanusAdapter.notes` (the runner writes them
+into summary.json); ``"error"`` refuses such requests.
+
+Intervention extensions (:class:`gapeval.models.base.Intervenable`):
+
+- ``layers_path`` is the language model's decoder layers, shared by both directions; ``lora_targets`` are
+  their attention projections (the vision encoder's are excluded);
+- ``logprob(..., "und")`` is log P(answer text | chat prompt) through the text head (no end-of-turn term);
+  ``logprob(..., "gen")`` is log P(VQ tokens of the reference image | prompt) through the generation head,
+  conditional branch only (no guidance). Like the built-in model, it returns a tensor with gradients when
+  trainable weights (a LoRA adapter) take part and grad mode is on, else a list of floats; the base weights
+  are frozen at load;
+- :meth:`JanusAdapter.forward_inputs` gives the keyword arguments for ``module(**inputs)`` that reproduce
+  the sequence each direction feeds the decoder layers (what nnsight traces and patching use), and
+  ``span_positions`` index it;
+- during ``generate`` the batch is doubled for guidance: rows ``conditional_rows(B)`` carry the prompt, rows
+  ``B..2B-1`` are the unconditional copies (prompt replaced by padding except BOS and image-start). Hooks on
+  the decoder layers during generation see 2B rows; ``forward_inputs`` and ``logprob`` use B conditional rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from gapeval.models.base import Request
+from gapeval.models.hf_common import (
+    InputImagePolicy,
+    chat_text,
+    chunks,
+    common_prefix_length,
+    generate_text,
+    generation_config,
+    load_model,
+    make_row_sampler,
+    parse_spec,
+    pixels_to_pil,
+    span_positions_in,
+)
+
+DIRECTIONS = ("und", "gen")
+SPEC_OPTIONS = {
+    "dtype": str,
+    "device": str,
+    "device_map": str,
+    "batch_size": int,
+    "cfg_scale": float,
+    "max_new_tokens": int,
+    "text_temperature": float,
+    "image_temperature": float,
+    "input_image_policy": str,
+}
+
+
+@dataclass
+class TeacherForced:
+    """One batch laid out for teacher forcing: ``module.model(**inputs)`` then ``head`` on ``predict``."""
+
+    inputs: dict[str, Any]
+    targets: Any  # (B, T) token ids, right-aligned
+    mask: Any  # (B, T) bool: which target slots are real tokens
+    predict: slice  # hidden-state positions whose head output predicts ``targets``
+
+
+class JanusAdapter:
+    """A Janus / Janus-Pro checkpoint as a GapEval UMM with the intervention extensions."""
+
+    name = "janus"
+
+    def __init__(
+        self,
+        path_or_model: Any,
+        processor: Any = None,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        device_map: str | None = None,
+        batch_size: int = 8,
+        cfg_scale: float = 5.0,
+        max_new_tokens: int = 64,
+        text_temperature: float = 0.0,
+        image_temperature: float = 1.0,
+        input_image_policy: str = "drop",
+    ) -> None:
+        import torch
+        from transformers import JanusForConditionalGeneration, JanusProcessor
+
+        loaded = load_model(
+            JanusForConditionalGeneration, JanusProcessor, path_or_model, processor, dtype, device, device_map
+        )
+        self._model, self.processor = loaded.model, loaded.processor
+        self._path, self._dtype, self._device_type = loaded.path, loaded.dtype, loaded.device_type
+        self._torch = torch
+        self.batch_size = batch_size
+        self.cfg_scale = float(cfg_scale)
+        self.max_new_tokens = max_new_tokens
+        self.text_temperature = text_temperature
+        self.image_temperature = image_temperature
+        self._policy = InputImagePolicy(input_image_policy)
+
+    @classmethod
+    def from_spec(cls, spec: str, **overrides: Any) -> JanusAdapter:
+        """``PATH[,key=value...]`` as in ``--model janus:deepseek-community/Janus-Pro-1B,dtype=bfloat16``;
+        ``overrides`` are constructor options given separately (``--model-arg``)."""
+        paths, options = parse_spec(spec, SPEC_OPTIONS, overrides)
+        if len(paths) != 1:
+            raise ValueError(f"janus model spec {spec!r}: expected exactly one path, got {paths}")
+        return cls(paths[0], **options)
+
+    # ---- UMM ---------------------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        vq = self._model.config.vq_config
+        return {
+            "adapter": "janus",
+            "path": self._path,
+            "dtype": self._dtype,
+            "device": self._device_type,
+            "cfg_scale": self.cfg_scale,
+            "max_new_tokens": self.max_new_tokens,
+            "text_temperature": self.text_temperature,
+            "image_temperature": self.image_temperature,
+            "input_image_policy": self._policy.policy,
+            "image_tokens": vq.num_patches**2,
+            "codebook_size": vq.num_embeddings,
+        }
+
+    def notes(self) -> dict[str, Any]:
+        """Run facts for summary.json: how many generation requests had their input image dropped."""
+        return self._policy.notes()
+
+    def understand(self, requests: Sequence[Request]) -> list[str]:
+        answers: list[str] = []
+        for batch in chunks(requests, self.batch_size):
+            enc = self._encode(batch, "und")
+            seeds = [r.seed for r in batch]
+            answers += generate_text(
+                self._model, self.processor.tokenizer, enc, seeds, self.text_temperature, self.max_new_tokens
+            )
+        return answers
+
+    def generate(self, requests: Sequence[Request]) -> list[Image.Image]:
+        requests = self._policy.apply(requests, "Janus")
+        tokens = self.generate_tokens(requests)
+        image_processor = self.processor.image_processor
+        images: list[Image.Image] = []
+        for start in range(0, len(requests), self.batch_size):
+            with self._torch.no_grad():
+                pixels = self._model.model.vqmodel.decode(tokens[start : start + self.batch_size])
+            images.extend(pixels_to_pil(pixels, image_processor.image_mean, image_processor.image_std))
+        return images
+
+    def generate_tokens(self, requests: Sequence[Request]) -> Any:
+        """The VQ token ids (B, N) that ``generate`` decodes (input images follow the policy, unrecorded)."""
+        from transformers import LogitsProcessorList
+
+        torch = self._torch
+        # guidance_scale=1 keeps transformers from adding its own guidance: ours comes first in the list.
+        config = self._generation_config(guidance_scale=1.0)
+        out = []
+        for batch in chunks(requests, self.batch_size):
+            enc = self._encode(batch, "gen")
+            processors = LogitsProcessorList([_doubled_batch_guidance(self.cfg_scale)])
+            if self.image_temperature > 0:
+                processors.append(make_row_sampler([r.seed for r in batch], self.image_temperature))
+            with torch.no_grad():
+                out.append(
+                    self._model.generate(
+                        input_ids=enc["input_ids"],
+                        attention_mask=enc["attention_mask"],
+                        generation_mode="image",
+                        generation_config=config,
+                        logits_processor=processors,
+                    )
+                )
+        return torch.cat(out)
+
+    # ---- Intervenable ------------------------------------------------------------------------------------
+
+    @property
+    def module(self) -> Any:
+        return self._model
+
+    @property
+    def layers_path(self) -> str:
+        return "model.language_model.layers"
+
+    @property
+    def lora_targets(self) -> list[str]:
+        """The language model's attention projections, named per layer so the vision encoder's are excluded."""
+        n = self._model.config.text_config.num_hidden_layers
+        return [
+            f"{self.layers_path}.{i}.self_attn.{p}"
+            for i in range(n)
+            for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+        ]
+
+    @staticmethod
+    def conditional_rows(batch_size: int) -> range:
+        """Rows of the doubled image-mode batch that see the prompt (the rest are unconditional copies)."""
+        return range(batch_size)
+
+    def logprob(self, requests: Sequence[Request], answers: Sequence[Any], direction: str) -> Any:
+        """Sum of teacher-forced log-probs of each answer, per request.
+
+        und answers are text; gen answers are reference images (PIL, VQ-encoded here) or VQ token ids (B, N).
+        Returns a float32 tensor (B,) that carries gradients when grad mode is on and trainable weights (e.g. a
+        LoRA adapter) take part, else a list of floats, as the built-in model does.
+        """
+        _check_direction(direction)
+        if len(requests) != len(answers):
+            raise ValueError(f"logprob: {len(requests)} requests but {len(answers)} answers")
+        torch = self._torch
+        parts = []
+        for start in range(0, len(requests), self.batch_size):
+            stop = start + self.batch_size
+            forced = self._teacher_forced(requests[start:stop], direction, answers[start:stop])
+            hidden = self._model.model(**forced.inputs).last_hidden_state[:, forced.predict]
+            head = self._model.lm_head if direction == "und" else self._model.model.generation_head
+            logp = torch.log_softmax(head(hidden).float(), dim=-1)
+            picked = logp.gather(-1, forced.targets[..., None]).squeeze(-1)
+            parts.append((picked * forced.mask).sum(-1))
+        totals = torch.cat(parts) if parts else torch.zeros(0)
+        return totals if torch.is_grad_enabled() and totals.requires_grad else totals.tolist()
+
+    def forward_inputs(
+        self, requests: Sequence[Request], direction: str, answers: Sequence[Any] | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``module(**inputs)`` holding what the decoder layers see in ``direction``.
+
+        und: the chat prompt (input ids, pixel values of input images) and, with ``answers``, the answer text;
+        gen: the prompt ending in the image-start token as ``inputs_embeds`` and, with ``answers`` (reference
+        images), all but the last of their VQ tokens through the generation embedding. Rows are left-padded;
+        ``position_ids`` follow the attention mask as in ``generate``. Only conditional rows (no guidance copy).
+        """
+        return self._teacher_forced(requests, direction, answers).inputs
+
+    def span_positions(self, request: Request, span: str, direction: str) -> list[int]:
+        """Positions of the first ``span`` in the prompt, indexing this request's unpadded model input.
+
+        The same positions index ``forward_inputs([request], direction)`` (no padding for a single request).
+        """
+        _check_direction(direction)
+        text = self._chat_text(request, direction)
+        ids = self._encode([request], direction)["input_ids"][0].tolist()
+        return span_positions_in(self.processor.tokenizer, text, request.prompt, span, ids)
+
+    # ---- internals ---------------------------------------------------------------------------------------
+
+    def _chat_text(self, request: Request, direction: str, answer: str | None = None) -> str:
+        has_image = direction == "und" and request.image is not None
+        return chat_text(self.processor, request.prompt, has_image, answer)
+
+    def _encode(self, batch: Sequence[Request], direction: str, answers: Sequence[str] | None = None) -> Any:
+        _check_direction(direction)
+        if direction == "gen":
+            batch = self._policy.apply(batch, "Janus", record=False)
+        texts = [
+            self._chat_text(r, direction, None if answers is None else answers[i])
+            for i, r in enumerate(batch)
+        ]
+        images = [r.image.convert("RGB") for r in batch if r.image is not None]
+        mode = "text" if direction == "und" else "image"
+        enc = self.processor(
+            text=texts, images=images or None, padding=True, return_tensors="pt", generation_mode=mode
+        )
+        enc = enc.to(self._model.device)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self._model.dtype)
+        return enc
+
+    def _teacher_forced(
+        self, batch: Sequence[Request], direction: str, answers: Sequence[Any] | None
+    ) -> TeacherForced:
+        torch = self._torch
+        if direction == "und":
+            enc = self._encode(batch, "und", None if answers is None else [str(a) for a in answers])
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
+            if "pixel_values" in enc:
+                inputs["pixel_values"] = enc["pixel_values"]
+            if answers is None:
+                return TeacherForced(inputs, ids[:, :0], mask[:, :0].bool(), slice(0, 0))
+            lengths = self._answer_lengths(batch, ids, mask)
+            width = max(max(lengths), 1)
+            slots = torch.arange(width, device=ids.device)[None, :]
+            real = slots >= (width - torch.tensor(lengths, device=ids.device))[:, None]
+            return TeacherForced(inputs, ids[:, -width:], real, slice(-width - 1, -1))
+        enc = self._encode(batch, "gen")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        embeds = self._model.get_input_embeddings()(ids)
+        if answers is None:
+            inputs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask)}
+            return TeacherForced(inputs, ids[:, :0], mask[:, :0].bool(), slice(0, 0))
+        tokens = self._answer_tokens(answers)
+        image_embeds = self._model.prepare_embeddings_for_image_generation(tokens[:, :-1])
+        embeds = torch.cat([embeds, image_embeds.to(embeds.dtype)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(tokens.shape[0], tokens.shape[1] - 1)], dim=1)
+        inputs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask)}
+        return TeacherForced(
+            inputs, tokens, torch.ones_like(tokens, dtype=torch.bool), slice(-tokens.shape[1], None)
+        )
+
+    def _answer_lengths(self, batch: Sequence[Request], full_ids: Any, full_mask: Any) -> list[int]:
+        """Answer tokens per row: what the filled-in assistant turn adds beyond the generation prompt."""
+        prompt = self._encode(batch, "und")
+        lengths = []
+        for i in range(len(batch)):
+            full = full_ids[i][full_mask[i].bool()].tolist()
+            head = prompt["input_ids"][i][prompt["attention_mask"][i].bool()].tolist()
+            lengths.append(len(full) - common_prefix_length(full, head))
+        return lengths
+
+    def _answer_tokens(self, answers: Sequence[Any]) -> Any:
+        """Reference images as VQ ids; answers already given as token ids (B, N) pass through."""
+        if all(isinstance(a, Image.Image) for a in answers):
+            return self.image_tokens(answers)
+        torch = self._torch
+        return torch.stack([torch.as_tensor(a) for a in answers]).long().to(self._model.device)
+
+    def image_tokens(self, images: Sequence[Image.Image]) -> Any:
+        """VQ token ids (B, N) of images, encoded the way generated images are decoded."""
+        pixels = self.processor.image_processor(
+            [im.convert("RGB") for im in images], return_tensors="pt"
+        ).pixel_values
+        pixels = pixels.to(device=self._model.device, dtype=self._model.dtype)
+        with self._torch.no_grad():
+            tokens = self._model.model.vqmodel.encode(pixels).image_tokens
+        return tokens.view(len(images), -1)
+
+    def _generation_config(self, **overrides: Any) -> Any:
+        """The shared generation config plus the image-start id Janus's image mode reads."""
+        tokenizer = self.processor.tokenizer
+        config = generation_config(self._model, tokenizer, **overrides)
+        config.generation_kwargs = {
+            "boi_token_id": tokenizer.boi_token_id,
+            **(getattr(config, "generation_kwargs", None) or {}),
+        }
+        return config
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+def _positions(mask: Any) -> Any:
+    """Position ids that skip left padding, as ``generate`` computes them."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _doubled_batch_guidance(scale: float) -> Any:
+    """Classifier-free guidance over Janus's doubled batch (conditional rows first), for any scale.
+
+    transformers' own guidance processor refuses scales <= 1; here 1 means the conditional branch alone.
+    """
+    from transformers import LogitsProcessor
+
+    class DoubledBatchGuidance(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            half = scores.shape[0] // 2
+            cond, uncond = scores[:half], scores[half:]
+            return uncond + (cond - uncond) * scale
+
+    return DoubledBatchGuidance()

@@ -1,0 +1,205 @@
+"""The built-in UMM behind the adapter protocol, with the intervention extensions (see models/base.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from gapeval.models.base import Request
+from gapeval.models.toy.checkpoint import CheckpointError, load_checkpoint
+from gapeval.models.toy.codec import N_TOKENS
+from gapeval.models.toy.model import Batch, ToyUMM
+from gapeval.models.toy.sequence import IGNORE, SequenceBuilder
+from gapeval.models.toy.tokenizer import SPECIALS, words
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+def shipped_checkpoint(variant: str = "shared", step: int | None = None) -> Path:
+    """Path of a checkpoint committed with the package (the final one unless ``step`` is given)."""
+    root = CHECKPOINTS / f"toy-{variant}"
+    steps = sorted(root.glob("step-*"))
+    if not steps:
+        raise CheckpointError(f"no shipped checkpoints for variant {variant!r} under {root}")
+    if step is None:
+        return steps[-1]
+    wanted = root / f"step-{step:06d}"
+    if wanted not in steps:
+        raise CheckpointError(
+            f"no shipped checkpoint at step {step} for {variant!r}; have {[p.name for p in steps]}"
+        )
+    return wanted
+
+
+class ToyAdapter:
+    """Batched greedy (or seeded sampled) decoding with a KV cache for both directions."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        batch_size: int = 64,
+        temperature: float = 0.0,
+        max_new_tokens: int = 48,
+        threads: int | None = None,
+    ):
+        self.checkpoint = Path(checkpoint)
+        self.model, self.tokenizer, self.codec, self.meta = load_checkpoint(self.checkpoint)
+        self.variant = self.model.config.variant
+        self.name = f"toy-{self.variant}"
+        self.builder = SequenceBuilder(self.tokenizer, self.codec, self.variant)
+        self.batch_size, self.temperature, self.max_new_tokens = (
+            int(batch_size),
+            float(temperature),
+            max_new_tokens,
+        )
+        if threads:
+            torch.set_num_threads(int(threads))
+        n_text = len(self.tokenizer)
+        banned = [self.tokenizer.index[s] for s in SPECIALS if s != "<eos>"]
+        self._text_bias = torch.zeros(n_text)
+        self._text_bias[banned] = float("-inf")
+        self._token_cells = torch.tensor([(self.tokenizer.cell_of(i) or -1) + 1 for i in range(n_text)])
+
+    @classmethod
+    def from_spec(cls, spec: str = "", **kwargs) -> ToyAdapter:
+        """``""``/``shared``/``decoupled``, ``VARIANT@STEP`` (a shipped checkpoint), or a checkpoint folder."""
+        spec = spec or "shared"
+        if Path(spec).is_dir():
+            return cls(spec, **kwargs)
+        variant, _, step = spec.partition("@")
+        return cls(shipped_checkpoint(variant, int(step) if step else None), **kwargs)
+
+    def config(self) -> dict[str, Any]:
+        weights = (self.checkpoint / "model.safetensors").read_bytes()
+        return {
+            "variant": self.variant,
+            "checkpoint": self.checkpoint.name,
+            "step": self.meta.get("step"),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
+            "temperature": self.temperature,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+    # --- generation ------------------------------------------------------------------------------------------
+
+    def _pick(self, logits: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
+        if generators is None:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / self.temperature, -1)
+        return torch.cat(
+            [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+        )
+
+    def _generators(self, requests: Sequence[Request]) -> list[torch.Generator] | None:
+        if self.temperature <= 0:
+            return None
+        return [torch.Generator().manual_seed(int(r.seed)) for r in requests]
+
+    def _chunks(self, requests: Sequence[Request]):
+        for i in range(0, len(requests), self.batch_size):
+            yield requests[i : i + self.batch_size]
+
+    @torch.no_grad()
+    def _understand_batch(self, requests: Sequence[Request]) -> list[str]:
+        batch, _ = self.builder.collate([self.builder.prompt(r.prompt, r.image, "und") for r in requests])
+        cache: dict = {}
+        h = self.model(batch, cache)[:, -1]
+        gens, eos = self._generators(requests), self.tokenizer.eos_id
+        out = torch.full((len(requests), self.max_new_tokens), eos)
+        done = torch.zeros(len(requests), dtype=torch.bool)
+        for step in range(self.max_new_tokens):
+            tok = self._pick(self.model.text_logits(h) + self._text_bias, gens)
+            tok = torch.where(done, eos, tok)
+            out[:, step] = tok
+            done |= tok == eos
+            if done.all():
+                break
+            h = self.model(self._step(tok, self._token_cells[tok], torch.zeros_like(tok)), cache)[:, -1]
+        texts = []
+        for row in out.tolist():
+            texts.append(self.tokenizer.decode(row[: row.index(eos)] if eos in row else row))
+        return texts
+
+    @torch.no_grad()
+    def _generate_batch(self, requests: Sequence[Request]) -> list[Image.Image]:
+        batch, _ = self.builder.collate([self.builder.prompt(r.prompt, r.image, "gen") for r in requests])
+        cache: dict = {}
+        h = self.model(batch, cache)[:, -1]
+        gens = self._generators(requests)
+        codes = torch.zeros(len(requests), N_TOKENS, dtype=torch.long)
+        n_text = len(self.tokenizer)
+        for k in range(N_TOKENS):
+            codes[:, k] = self._pick(self.model.image_logits(h), gens)
+            if k < N_TOKENS - 1:
+                cell = torch.full_like(codes[:, k], k + 1)
+                h = self.model(self._step(n_text + codes[:, k], cell, cell + 1), cache)[:, -1]
+        return [self.codec.decode(row) for row in codes.tolist()]
+
+    @staticmethod
+    def _step(ids: torch.Tensor, cell: torch.Tensor, next_cell: torch.Tensor) -> Batch:
+        return Batch(
+            ids=ids[:, None],
+            cell=cell[:, None],
+            next_cell=next_cell[:, None],
+            attn=torch.ones_like(ids)[:, None],
+        )
+
+    def understand(self, requests: Sequence[Request]) -> list[str]:
+        self.model.eval()
+        return [t for chunk in self._chunks(requests) for t in self._understand_batch(chunk)]
+
+    def generate(self, requests: Sequence[Request]) -> list[Image.Image]:
+        self.model.eval()
+        return [im for chunk in self._chunks(requests) for im in self._generate_batch(chunk)]
+
+    # --- intervention extensions -----------------------------------------------------------------------------
+
+    @property
+    def module(self) -> ToyUMM:
+        return self.model
+
+    @property
+    def layers_path(self) -> str:
+        return "layers"
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+    def logprob(self, requests: Sequence[Request], answers: Sequence[Any], direction: str) -> list[float]:
+        """Sum of teacher-forced log-probs of each answer (text for und; a PIL image's codes for gen).
+
+        Normalised over the direction's vocabulary, as decoding is. Gradients flow (LoRA training uses this).
+        """
+        seqs = [
+            self.builder.example(r.prompt, r.image, direction, a)
+            for r, a in zip(requests, answers, strict=True)
+        ]
+        batch, target = self.builder.collate(seqs)
+        h = self.model(batch)
+        n_text = len(self.tokenizer)
+        if direction == "und":
+            logp = torch.log_softmax(self.model.text_logits(h) + self._text_bias, -1)
+            idx = target.clamp(min=0)
+        else:
+            logp = torch.log_softmax(self.model.image_logits(h), -1)
+            idx = (target - n_text).clamp(min=0)
+        picked = logp.gather(-1, idx[..., None])[..., 0]
+        picked = torch.where(target != IGNORE, picked, torch.zeros_like(picked))
+        totals = picked.sum(1)
+        return totals if torch.is_grad_enabled() and totals.requires_grad else totals.tolist()
+
+    def span_positions(self, request: Request, span: str, direction: str) -> list[int]:
+        """Positions (in the unpadded sequence) of the words of ``span`` inside the prompt, first occurrence."""
+        seq = self.builder.prompt(request.prompt, request.image, direction)
+        target = [self.tokenizer.index.get(w, self.tokenizer.unk_id) for w in words(span)]
+        ids = seq.ids
+        for start in range(seq.prompt_start, len(ids) - len(target) + 1):
+            if ids[start : start + len(target)] == target:
+                return list(range(start, start + len(target)))
+        raise ValueError(f"span {span!r} not found in prompt {request.prompt!r}")

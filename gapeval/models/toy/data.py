@@ -1,0 +1,225 @@
+"""The toy UMM's training mixture, drawn from the synth world (documented in docs/toy-model.md).
+
+Two kinds of task, each in both directions:
+
+- primitive skills: describe / locate / count objects in a picture (und); draw a described scene or counts,
+  copy a picture, frame a named object (gen);
+- the four benchmark categories themselves, on fresh random instances from the suite's generators, filtered
+  so no training question equals a suite question (:func:`gapeval.synth.item_key`).
+
+Realm facts are taught mostly in text: every realm's founder and emblem are asked and answered in the und
+direction, but emblems are *drawn* only for the realms the world marks ``pictured``. World-knowledge prompts
+use training phrasings only; the suite asks with a held-out phrasing. So the suite's world-knowledge gen items
+on unpictured realms measure whether facts learned in text reach generation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from gapeval.synth.suite import GENERATORS, WK_GEN, WK_SUBJECT, WK_UND, build_suite, item_key
+from gapeval.synth.world import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    World,
+    all_cells,
+    all_kinds,
+    cell_word,
+    counted_scene,
+    plural,
+    random_scene,
+    render,
+)
+
+
+@dataclass
+class Example:
+    task: str
+    direction: str
+    prompt: str
+    image: Image.Image | None
+    answer: str | Image.Image
+
+
+def _und(task, prompt, scene, answer, rng) -> Example:
+    return Example(task, "und", prompt, render(scene, rng) if scene is not None else None, answer)
+
+
+def _gen(task, prompt, scene_in, scene_out, rng) -> Example:
+    return Example(
+        task, "gen", prompt, render(scene_in, rng) if scene_in is not None else None, render(scene_out, rng)
+    )
+
+
+def _n_objects(rng: random.Random, level: float) -> int:
+    """Curriculum: single objects early on, up to 6 once ``level`` (training progress) reaches 1."""
+    return rng.randint(1, 1 + round(5 * min(1.0, level)))
+
+
+# --- primitive skills ----------------------------------------------------------------------------------------
+
+
+def describe(world, rng, level):
+    s = random_scene(rng, _n_objects(rng, level))
+    return _und("describe", "Describe the picture.", s, s.describe(), rng)
+
+
+def what_is_at(world, rng, level):
+    s = random_scene(rng, _n_objects(rng, level))
+    cell = rng.choice(list(s.objects)) if rng.random() < 0.75 else rng.choice(all_cells())
+    obj = s.objects.get(cell)
+    return _und("what_is_at", f"What is at {cell_word(cell)}?", s, obj.kind if obj else "nothing", rng)
+
+
+def where_is(world, rng, level):
+    s = random_scene(rng, _n_objects(rng, level))
+    kinds = [o for o in s.objects.values() if list(s.objects.values()).count(o) == 1]
+    obj = rng.choice(kinds) if kinds else next(iter(s.objects.values()))
+    cells = [cell_word(c) for c, o in sorted(s.objects.items()) if o == obj]
+    return _und("where_is", f"Where is the {obj.kind}?", s, ", ".join(cells), rng)
+
+
+def count(world, rng, level):
+    groups = rng.sample(all_kinds(), 2)
+    counts = [rng.randint(1, 4), rng.randint(0, 3)]
+    cells = rng.sample(all_cells(), sum(counts))
+    s = Scene(dict(zip(cells, [groups[0]] * counts[0] + [groups[1]] * counts[1], strict=True)))
+    target = groups[0]
+    how = rng.choice(("kind", "colour", "shape"))
+    if how == "kind":
+        q, n = plural(target.kind, 2), counts[0]
+    elif how == "colour":
+        q, n = f"{target.colour} objects", sum(o.colour == target.colour for o in s.objects.values())
+    else:
+        q, n = plural(target.shape, 2), sum(o.shape == target.shape for o in s.objects.values())
+    return _und("count", f"How many {q} are there?", s, str(n), rng)
+
+
+def draw_described(world, rng, level):
+    s = random_scene(rng, _n_objects(rng, level))
+    verb = rng.choice(("Draw", "Show"))
+    return _gen("draw_described", f"{verb}: {s.describe()}.", None, s, rng)
+
+
+def draw_counts(world, rng, level):
+    x, y = rng.sample(all_kinds(), 2)
+    a, b = rng.randint(1, 4), rng.randint(0, 4)
+    groups = [(x, a)] + ([(y, b)] if b else [])
+    text = " and ".join(f"{n} {plural(o.kind, n)}" for o, n in groups)
+    return _gen("draw_counts", f"Draw {text}.", None, counted_scene(groups), rng)
+
+
+def copy(world, rng, level):
+    s = random_scene(rng, _n_objects(rng, level))
+    return _gen("copy", "Look at the picture. Copy the picture.", s, s, rng)
+
+
+def mark(world, rng, level):
+    s = random_scene(rng, _n_objects(rng, level))
+    cell, obj = rng.choice(sorted(s.objects.items()))
+    what = f"the object at {cell_word(cell)}" if rng.random() < 0.5 else f"the {obj.kind}"
+    if what.startswith("the ") and list(s.objects.values()).count(obj) > 1:
+        what = f"the object at {cell_word(cell)}"
+    out = Scene(s.objects, frozenset({cell}))
+    return _gen("mark", f"Look at the picture. Mark {what} with a white frame.", s, out, rng)
+
+
+# --- realm facts ---------------------------------------------------------------------------------------------
+
+
+def realm_fact(world, rng, level):
+    r = rng.choice(world.realms)
+    kind = rng.randrange(4)
+    if kind == 0:
+        return Example("fact", "und", f"Who founded {r.name}?", None, r.founder)
+    if kind == 1:
+        return Example("fact", "und", f"Which realm did {r.founder} found?", None, r.name)
+    hop = rng.choice(tuple(WK_SUBJECT))
+    subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
+    phrasing = rng.randrange(1, len(WK_UND))
+    return Example("fact", "und", WK_UND[phrasing].format(x=subject), None, r.emblem_scene.describe())
+
+
+def realm_picture(world, rng, level):
+    r = rng.choice([r for r in world.realms if r.pictured])
+    hop = rng.choice(tuple(WK_SUBJECT))
+    subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
+    prompt = WK_GEN[rng.randrange(1, len(WK_GEN))].format(x=subject)
+    return Example("picture", "gen", prompt, None, render(r.emblem_scene, rng))
+
+
+# --- the benchmark categories on fresh instances -------------------------------------------------------------
+
+
+def _category(name: str) -> Callable:
+    def make(world, rng, level, exclude: set[str]):
+        while True:
+            fields = GENERATORS[name](world, rng)
+            if item_key(fields) not in exclude:
+                break
+        if rng.random() < 0.5:
+            return Example(name, "und", fields["und_prompt"], fields["image"], fields["reference"][0])
+        return Example(name, "gen", fields["gen_prompt"], fields["image"], fields["reference_image"])
+
+    return make
+
+
+# (task, weight, first level at which it appears) — categories come in once single objects are mastered.
+MIXTURE: list[tuple[str, Callable, float, float]] = [
+    ("describe", describe, 1.0, 0.0),
+    ("what_is_at", what_is_at, 1.0, 0.0),
+    ("where_is", where_is, 0.5, 0.0),
+    ("count", count, 1.0, 0.15),
+    ("draw_described", draw_described, 1.5, 0.0),
+    ("draw_counts", draw_counts, 1.0, 0.15),
+    ("copy", copy, 0.5, 0.0),
+    ("mark", mark, 0.7, 0.0),
+    ("fact", realm_fact, 1.2, 0.0),
+    ("picture", realm_picture, 0.6, 0.0),
+    ("instruction_following", _category("instruction_following"), 1.2, 0.3),
+    ("numerical_perception", _category("numerical_perception"), 1.0, 0.3),
+    ("reasoning", _category("reasoning"), 1.6, 0.3),
+]
+CATEGORY_TASKS = {"instruction_following", "numerical_perception", "reasoning"}
+
+
+class MixtureSampler:
+    """Draws training examples; ``level`` in [0, 1] is training progress (drives the curriculum)."""
+
+    def __init__(self, world: World, seed: int, suite_keys: set[str]):
+        self.world, self.rng, self.exclude = world, random.Random(f"train-{seed}"), suite_keys
+
+    def sample(self, level: float) -> Example:
+        tasks = [(name, fn, w) for name, fn, w, start in MIXTURE if level >= start]
+        name, fn, _ = self.rng.choices(tasks, weights=[w for *_, w in tasks])[0]
+        if name in CATEGORY_TASKS:
+            return fn(self.world, self.rng, level, self.exclude)
+        return fn(self.world, self.rng, level)
+
+
+def suite_keys(world_seed: int = 0, sizes=(420,)) -> set[str]:
+    """Keys of the suites training must not contain (the default synth suite, by default)."""
+    return {item_key(it) for n in sizes for it in build_suite(n=n, seed=world_seed)}
+
+
+def vocabulary_texts(world: World) -> list[str]:
+    """Every word the world can produce, so the tokenizer never meets an unknown word from the world."""
+    texts = [f"{r.name} {r.founder}" for r in world.realms]
+    texts += (
+        list(COLOURS) + list(SHAPES) + [plural(s, 2) for s in SHAPES] + [cell_word(c) for c in all_cells()]
+    )
+    texts += [plural(k.kind, 2) for k in all_kinds()] + [str(i) for i in range(17)] + ["nothing objects"]
+    sampler = MixtureSampler(world, 0, set())
+    for _ in range(4000):
+        ex = sampler.sample(1.0)
+        texts.append(ex.prompt)
+        if isinstance(ex.answer, str):
+            texts.append(ex.answer)
+    for it in build_suite(n=420, seed=world.seed):
+        texts += [it.und_prompt, it.gen_prompt, *it.reference]
+    return texts

@@ -1,0 +1,186 @@
+"""The built-in UMM: a small decoder-only transformer over text words and image cells.
+
+Two variants share everything but how images enter and leave:
+
+- ``shared`` (Chameleon-like early fusion): input and output images are VQ codes in the same embedding table
+  and the same (tied) output head as words.
+- ``decoupled`` (Janus-like): understanding sees images through a continuous patch encoder; generation emits
+  VQ codes from a separate head and reads its own codes back through a separate embedding table.
+
+Image cells and the cell words ``r0c0``..``r3c3`` share one cell-embedding table, which ties "where" in text to
+"where" in pixels; generation positions also get a "next cell" embedding saying which cell comes next.
+Position and all other tables start small (std 0.02): large position tables swamp image-code identity.
+Each decoder layer returns a plain tensor (what nnsight and the intervention code expect); the KV cache is
+held outside the layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ToyConfig:
+    variant: str = "shared"
+    n_text: int = 256
+    n_codes: int = 64
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    max_len: int = 128
+    patch_dim: int = 300
+    n_cells: int = 16
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("shared", "decoupled"):
+            raise ValueError(f"variant must be 'shared' or 'decoupled', got {self.variant!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: dict | None, layer: int) -> torch.Tensor:
+        b, t, d = x.shape
+        shape = (b, t, self.n_heads, d // self.n_heads)
+        q = self.q_proj(x).view(shape).transpose(1, 2)
+        k = self.k_proj(x).view(shape).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        if cache is not None:
+            if layer in cache:
+                k = torch.cat([cache[layer][0], k], dim=2)
+                v = torch.cat([cache[layer][1], v], dim=2)
+            cache[layer] = (k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.up_proj = nn.Linear(d, 4 * d)
+        self.down_proj = nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d: int, n_heads: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(d)
+        self.self_attn = Attention(d, n_heads)
+        self.post_attention_layernorm = nn.LayerNorm(d)
+        self.mlp = MLP(d)
+        self.layer_index = 0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), mask, cache, self.layer_index)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+@dataclass
+class Batch:
+    """Model inputs. ``ids`` index the joint vocabulary (text ids, then ``n_text + code`` for image codes).
+
+    ``cell``/``next_cell`` hold 1 + cell index (0 = none); ``patch_mask`` marks positions fed by ``patches``
+    (decoupled variant's continuous image input); ``attn`` is 1 for real tokens, 0 for padding.
+    """
+
+    ids: torch.Tensor
+    cell: torch.Tensor
+    next_cell: torch.Tensor
+    attn: torch.Tensor
+    patch_mask: torch.Tensor | None = None
+    patches: torch.Tensor | None = None
+
+
+class ToyUMM(nn.Module):
+    def __init__(self, config: ToyConfig):
+        super().__init__()
+        self.config = c = config
+        n_embed = c.n_text + (c.n_codes if c.variant == "shared" else 0)
+        self.embed_tokens = nn.Embedding(n_embed, c.d_model)
+        self.embed_positions = nn.Embedding(c.max_len, c.d_model)
+        self.embed_cells = nn.Embedding(c.n_cells + 1, c.d_model, padding_idx=0)
+        self.embed_next_cell = nn.Embedding(c.n_cells + 1, c.d_model, padding_idx=0)
+        if c.variant == "decoupled":
+            self.und_encoder = nn.Sequential(
+                nn.Linear(c.patch_dim, c.d_model), nn.GELU(), nn.Linear(c.d_model, c.d_model)
+            )
+            self.gen_embed = nn.Embedding(c.n_codes, c.d_model)
+            self.gen_head = nn.Linear(c.d_model, c.n_codes, bias=False)
+        self.layers = nn.ModuleList(DecoderLayer(c.d_model, c.n_heads) for _ in range(c.n_layers))
+        for i, layer in enumerate(self.layers):
+            layer.layer_index = i
+        self.norm = nn.LayerNorm(c.d_model)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+
+    def embed(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        ids = batch.ids
+        if c.variant == "shared":
+            x = self.embed_tokens(ids)
+        else:
+            is_code = ids >= c.n_text
+            x = self.embed_tokens(ids.clamp(max=c.n_text - 1))
+            if is_code.any():
+                x = torch.where(is_code[..., None], self.gen_embed((ids - c.n_text).clamp(min=0)), x)
+            if batch.patch_mask is not None and batch.patch_mask.any():
+                x = x.masked_scatter(batch.patch_mask[..., None], self.und_encoder(batch.patches))
+        x = x + self.embed_cells(batch.cell) + self.embed_next_cell(batch.next_cell)
+        return x + self.embed_positions(positions)
+
+    def forward(self, batch: Batch, cache: dict | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, d). With ``cache`` the batch continues the cached prefix."""
+        attn = batch.attn if not cache else torch.cat([cache["attn"], batch.attn], dim=1)
+        positions = (attn.cumsum(1) - 1).clamp(min=0)[:, -batch.ids.shape[1] :]
+        t, s = batch.ids.shape[1], attn.shape[1]
+        causal = torch.ones(t, s, dtype=torch.bool, device=attn.device).tril(s - t)
+        mask = (causal[None] & attn[:, None, :].bool())[:, None]
+        # A fully padded query row would make softmax NaN; let it see itself (its output is never used).
+        own = torch.zeros(t, s, dtype=torch.bool, device=attn.device)
+        own[torch.arange(t), torch.arange(s - t, s)] = True
+        mask = mask | own[None, None]
+        x = self.embed(batch, positions)
+        for layer in self.layers:
+            x = layer(x, mask, cache)
+        if cache is not None:
+            cache["attn"] = attn
+        return self.norm(x)
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.embed_tokens.weight[: self.config.n_text].T
+
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.config.variant == "shared":
+            return h @ self.embed_tokens.weight[self.config.n_text :].T
+        return self.gen_head(h)
+
+    def joint_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over the model's whole output vocabulary (text, then codes): what training normalises over."""
+        if self.config.variant == "shared":
+            return h @ self.embed_tokens.weight.T
+        return torch.cat([self.text_logits(h), self.image_logits(h)], dim=-1)

@@ -1,0 +1,118 @@
+"""How a request becomes a token sequence for the toy UMM — one layout for training, decoding and probing.
+
+Layout: ``<bos> [<img> 16 cells </img>] prompt words <und>|<gen> answer``. A text answer ends with ``<eos>``;
+an image answer is exactly 16 codes in row-major cell order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gapeval.models.toy.codec import N_TOKENS, ImageCodec, cell_patches
+from gapeval.models.toy.model import Batch
+from gapeval.models.toy.tokenizer import TextTokenizer
+
+IGNORE = -100
+
+
+@dataclass
+class Sequence:
+    ids: list[int] = field(default_factory=list)
+    cell: list[int] = field(default_factory=list)
+    next_cell: list[int] = field(default_factory=list)
+    patch: list[bool] = field(default_factory=list)
+    target: list[int] = field(default_factory=list)
+    patches: np.ndarray | None = None
+    prompt_start: int = 0  # index of the first prompt word (after any image block)
+
+    def push(self, token: int, cell: int = 0, next_cell: int = 0, patch: bool = False, target: int = IGNORE):
+        self.ids.append(token)
+        self.cell.append(cell)
+        self.next_cell.append(next_cell)
+        self.patch.append(patch)
+        self.target.append(target)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class SequenceBuilder:
+    """Turns (prompt, image, direction[, answer]) into :class:`Sequence` and batches into :class:`Batch`."""
+
+    def __init__(self, tokenizer: TextTokenizer, codec: ImageCodec, variant: str):
+        self.tok, self.codec, self.variant = tokenizer, codec, variant
+        self.n_text = len(tokenizer)
+
+    def prompt(self, prompt: str, image: Image.Image | None, direction: str) -> Sequence:
+        tok = self.tok
+        seq = Sequence()
+        seq.push(tok.bos_id)
+        if image is not None:
+            seq.push(tok.img_id)
+            patches = cell_patches(image)
+            if self.variant == "shared":
+                for k, code in enumerate(self.codec.encode_patches(patches)):
+                    seq.push(self.n_text + int(code), cell=k + 1)
+            else:
+                seq.patches = patches
+                for k in range(N_TOKENS):
+                    seq.push(tok.pad_id, cell=k + 1, patch=True)
+            seq.push(tok.img_end_id)
+        seq.prompt_start = len(seq)
+        for t in tok.encode(prompt):
+            cell = tok.cell_of(t)
+            seq.push(t, cell=0 if cell is None else cell + 1)
+        seq.push(tok.und_id if direction == "und" else tok.gen_id, next_cell=1 if direction == "gen" else 0)
+        return seq
+
+    def add_text_answer(self, seq: Sequence, answer_ids: list[int]) -> Sequence:
+        targets = list(answer_ids) + [self.tok.eos_id]
+        seq.target[-1] = targets[0]
+        for t, nxt in zip(answer_ids, targets[1:], strict=True):
+            cell = self.tok.cell_of(t)
+            seq.push(t, cell=0 if cell is None else cell + 1, target=nxt)
+        return seq
+
+    def add_image_answer(self, seq: Sequence, codes: list[int]) -> Sequence:
+        seq.target[-1] = self.n_text + codes[0]
+        for k, code in enumerate(codes):
+            last = k == N_TOKENS - 1
+            seq.push(
+                self.n_text + code,
+                cell=k + 1,
+                next_cell=0 if last else k + 2,
+                target=IGNORE if last else self.n_text + codes[k + 1],
+            )
+        return seq
+
+    def example(self, prompt: str, image: Image.Image | None, direction: str, answer) -> Sequence:
+        """A training/scoring sequence; ``answer`` is text (und) or a PIL image (gen)."""
+        seq = self.prompt(prompt, image, direction)
+        if direction == "und":
+            return self.add_text_answer(seq, self.tok.encode(answer))
+        return self.add_image_answer(seq, self.codec.encode(answer))
+
+    @staticmethod
+    def collate(seqs: list[Sequence], device: str | torch.device = "cpu") -> tuple[Batch, torch.Tensor]:
+        """Left-pad into a :class:`Batch` and a target tensor (IGNORE where no loss)."""
+        width = max(len(s) for s in seqs)
+
+        def pad(name: str, value) -> torch.Tensor:
+            rows = [[value] * (width - len(s)) + getattr(s, name) for s in seqs]
+            return torch.tensor(rows, device=device)
+
+        patch_mask = pad("patch", False)
+        patches = [s.patches for s in seqs if s.patches is not None]
+        batch = Batch(
+            ids=pad("ids", 0),
+            cell=pad("cell", 0),
+            next_cell=pad("next_cell", 0),
+            attn=torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device),
+            patch_mask=patch_mask if patches else None,
+            patches=torch.from_numpy(np.concatenate(patches)).to(device) if patches else None,
+        )
+        return batch, pad("target", IGNORE)

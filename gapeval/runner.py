@@ -1,0 +1,373 @@
+"""Evaluate a UMM on a suite in both directions and write a resumable run directory (DESIGN.md, "Run directory").
+
+Appending an item's line to ``results.jsonl`` (flushed and fsynced, after its image is renamed into place) is
+the commit point: a killed run resumes with the items that have no line, a torn last line is dropped, and no
+item is ever written twice. Each batch of items is asked in both directions; a model exception fails only that
+batch's answers in that direction, recorded as errors. Requests are seeded per item, so results do not depend
+on batching or on where a run was interrupted.
+
+Under ``accelerate launch`` each rank evaluates every ``world``-th pending item into ``shards/rank-<r>.jsonl``;
+rank 0 then merges all lines in suite order, so the results file equals a single-process run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from gapeval import distributed
+from gapeval.items import DIRECTIONS, Item, ItemError
+from gapeval.judges.base import Judge, Verdict
+from gapeval.manifest import build_manifest, check_or_write, write_json_atomic
+from gapeval.models.base import UMM, Request
+
+MANIFEST, RESULTS, SUMMARY, IMAGES, SHARDS = (
+    "manifest.json",
+    "results.jsonl",
+    "summary.json",
+    "images",
+    "shards",
+)
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class ResultsError(ValueError):
+    """A results file that cannot belong to this run (corrupt line, unknown item)."""
+
+
+def item_seed(seed: int, item_id: str) -> int:
+    """The request seed of an item: fixed by the run seed and the id, whatever the batch."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{item_id}".encode()).digest()[:4], "big") >> 1
+
+
+def image_name(item_id: str) -> str:
+    """A filesystem-safe PNG name; ids with other characters get a hash suffix so names stay distinct."""
+    if _SAFE_ID.fullmatch(item_id) and not item_id.startswith("."):
+        return f"{item_id}.png"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", item_id).lstrip(".")[:80]
+    return f"{stem}-{hashlib.sha256(item_id.encode()).hexdigest()[:10]}.png"
+
+
+# --- the results log -------------------------------------------------------------------------------------
+
+
+def read_lines(path: Path, known: set[str]) -> dict[str, str]:
+    """Committed lines of a results file by item id (first wins); an unterminated last line is ignored."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    lines: dict[str, str] = {}
+    for number, raw in enumerate(data.split(b"\n")[:-1], start=1):
+        try:
+            line = raw.decode("utf-8")
+            item_id = json.loads(line)["id"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ResultsError(f"{path}, line {number}: not a results record ({exc})") from None
+        if item_id not in known:
+            raise ResultsError(f"{path}, line {number}: item {item_id!r} is not in this suite")
+        lines.setdefault(item_id, line)
+    return lines
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Truncate an unterminated last line (a write cut short by a kill) before appending after it."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+
+
+def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Append one JSON line per record and fsync: after this returns the records are committed."""
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    """Write a PNG through a temporary name, so a committed line never points at half an image."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        image.save(f, format="PNG")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The committed records of a run directory, in file order."""
+    path = Path(run_dir) / RESULTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --- judging ---------------------------------------------------------------------------------------------
+
+
+class JudgePlan:
+    """The judge for each (item, direction): overrides per direction, else :func:`judges.select.judge_for`."""
+
+    def __init__(self, items: Sequence[Item], overrides: dict[str, Judge] | None):
+        from gapeval.judges.select import judge_for, needs_vlm
+
+        unknown = set(overrides or {}) - set(DIRECTIONS)
+        if unknown:
+            raise ValueError(f"judge_overrides keys must be 'und'/'gen', got {sorted(unknown)}")
+        self.overrides = dict(overrides or {})
+        self.vlm = _vlm_from_env() if "gen" not in self.overrides and needs_vlm(list(items)) else None
+        self._select = judge_for
+
+    def judge(self, item: Item, direction: str) -> Judge:
+        return self.overrides.get(direction) or self._select(item, direction, self.vlm)
+
+    def ids(self, items: Sequence[Item]) -> dict[str, list[str]]:
+        """The judge ids a run uses per direction (part of the run's identity)."""
+        return {d: sorted({self.judge(item, d).id for item in items}) for d in DIRECTIONS}
+
+
+def _vlm_from_env() -> Judge | None:
+    try:
+        from gapeval.judges.vlm import VLMJudge
+    except ModuleNotFoundError as exc:
+        if exc.name != "gapeval.judges.vlm":
+            raise
+        return None
+    return VLMJudge.from_env()
+
+
+def _verdict(judge: Judge, item: Item, answer: str | Image.Image) -> Verdict:
+    try:
+        return judge.judge(item, answer)
+    except Exception as exc:  # a judge failure is an error on this item, never a wrong answer
+        return Verdict(correct=None, judge=judge.id, error=f"judge: {type(exc).__name__}: {exc}")
+
+
+# --- one batch -------------------------------------------------------------------------------------------
+
+
+def _ask(
+    call: Callable[[list[Request]], list[Any]], requests: list[Request], kind: type
+) -> list[tuple[Any, str | None]]:
+    """(answer, error) per request; an exception or a malformed reply fails the whole batch in this direction."""
+    try:
+        answers = list(call(requests))
+    except Exception as exc:  # recorded per item: a crash must not lose the rest of the run
+        return [(None, f"model: {type(exc).__name__}: {exc}")] * len(requests)
+    if len(answers) != len(requests):
+        return [(None, f"model: returned {len(answers)} answers for {len(requests)} requests")] * len(
+            requests
+        )
+    return [
+        (a, None)
+        if isinstance(a, kind)
+        else (None, f"model: expected {kind.__name__}, got {type(a).__name__}")
+        for a in answers
+    ]
+
+
+def evaluate_batch(
+    model: UMM, batch: Sequence[Item], *, seed: int, judges: JudgePlan, images_dir: Path
+) -> list[dict[str, Any]]:
+    """Ask, judge and save one batch of items; return their results records (not yet committed)."""
+
+    def requests(direction: str) -> list[Request]:
+        return [Request(i.id, i.prompt(direction), i.image, item_seed(seed, i.id)) for i in batch]
+
+    texts = _ask(model.understand, requests("und"), str)
+    images = _ask(model.generate, requests("gen"), Image.Image)
+    records = []
+    for item, (text, und_error), (image, gen_error) in zip(batch, texts, images, strict=True):
+        und: dict[str, Any] = {"output": text}
+        if und_error is None:
+            und |= _fields(_verdict(judges.judge(item, "und"), item, text))
+        else:
+            und |= {"correct": None, "judge": None, "reason": "", "error": und_error}
+        gen: dict[str, Any] = {"image": None}
+        if gen_error is None:
+            name = image_name(item.id)
+            try:
+                save_image(image, images_dir / name)
+            except (OSError, ValueError) as exc:
+                gen_error = f"model: image cannot be saved as PNG: {exc}"
+        if gen_error is None:
+            gen = {"image": f"{IMAGES}/{name}"} | _fields(_verdict(judges.judge(item, "gen"), item, image))
+        else:
+            gen |= {"correct": None, "judge": None, "reason": "", "error": gen_error}
+        records.append(
+            {
+                "id": item.id,
+                "category": item.category,
+                "subcategory": item.subcategory,
+                "und": und,
+                "gen": gen,
+            }
+        )
+    return records
+
+
+def _fields(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "correct": verdict.correct,
+        "judge": verdict.judge,
+        "reason": verdict.reason,
+        "error": verdict.error,
+    }
+
+
+def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def run(
+    model: UMM,
+    items: Sequence[Item],
+    out_dir: str | Path,
+    *,
+    suite_id: str,
+    batch_size: int = 16,
+    seed: int = 0,
+    judge_overrides: dict[str, Judge] | None = None,
+    progress: bool = True,
+    edit: str | None = None,
+    processes: distributed.Processes | None = None,
+) -> Path:
+    """Evaluate ``model`` on ``items`` into ``out_dir`` (created, or resumed); return the run directory.
+
+    ``judge_overrides`` maps a direction to the judge for all its items; ``edit`` names the knowledge edit or
+    adapter applied to the model, if any. ``processes`` defaults to the launcher's (see gapeval.distributed).
+    """
+    from gapeval.io import suite_hash
+
+    items = list(items)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_unique(items)
+    procs = processes or distributed.current()
+    out = Path(out_dir)
+    judges = JudgePlan(items, judge_overrides)
+    manifest = build_manifest(
+        model_name=model.name,
+        model_config=model.config(),
+        suite_id=suite_id,
+        suite_hash=suite_hash(items),
+        n_items=len(items),
+        seed=seed,
+        edit=edit,
+        judges=judges.ids(items),
+        run={"batch_size": batch_size, "processes": procs.world},
+    )
+    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    check_or_write(out / MANIFEST, manifest, write=procs.is_main)
+
+    known = {item.id for item in items}
+    done = _committed(out, known)
+    if len(done) == len(items) and (out / SUMMARY).exists() and not (out / SHARDS).exists():
+        _say(f"{out}: run already complete ({len(items)} items); nothing to do.", procs)
+        return out
+    procs.barrier()  # every rank has read the same state before any rank appends to it
+
+    pending = [item for item in items if item.id not in done]
+    mine = pending[procs.rank :: procs.world]
+    if done and pending:
+        _say(f"{out}: resuming, {len(done)} of {len(items)} items already done.", procs)
+    log = out / RESULTS
+    if procs.world > 1:
+        (out / SHARDS).mkdir(exist_ok=True)
+        log = out / SHARDS / f"rank-{procs.rank}.jsonl"
+    drop_torn_tail(log)
+    from tqdm import tqdm
+
+    with tqdm(
+        total=len(mine), desc=f"{model.name}", unit="item", disable=not progress or not procs.is_main
+    ) as bar:
+        for batch in _batches(mine, batch_size):
+            append_records(
+                log, evaluate_batch(model, batch, seed=seed, judges=judges, images_dir=out / IMAGES)
+            )
+            bar.update(len(batch))
+    procs.barrier()
+    if procs.is_main:
+        merge(out, items)
+        finish(out, model, seed=seed)
+    procs.barrier()
+    return out
+
+
+def _check_unique(items: Sequence[Item]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ItemError("duplicate id in the suite", item=item.id, field="id")
+        seen.add(item.id)
+
+
+def _say(message: str, procs: distributed.Processes) -> None:
+    if procs.is_main:
+        print(message, file=sys.stderr)
+
+
+def _shard_files(out: Path) -> list[Path]:
+    return sorted((out / SHARDS).glob("rank-*.jsonl")) if (out / SHARDS).exists() else []
+
+
+def _committed(out: Path, known: set[str]) -> dict[str, str]:
+    """Committed lines from the results file and any shards left by a scaled-out run."""
+    lines: dict[str, str] = {}
+    for path in [out / RESULTS, *_shard_files(out)]:
+        for item_id, line in read_lines(path, known).items():
+            lines.setdefault(item_id, line)
+    return lines
+
+
+def merge(out: Path, items: Sequence[Item]) -> None:
+    """Rewrite the results in suite order from the results file and shards, then drop the shards.
+
+    A no-op for a single-process run, whose file is already in suite order.
+    """
+    lines = _committed(out, {item.id for item in items})
+    ordered = [lines[item.id] + "\n" for item in items if item.id in lines]
+    shards = _shard_files(out)
+    results = out / RESULTS
+    if not shards and results.exists() and results.read_text(encoding="utf-8") == "".join(ordered):
+        return
+    tmp = out / f".{RESULTS}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(ordered))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / RESULTS)
+    for shard in shards:
+        shard.unlink()
+    if (out / SHARDS).exists():
+        (out / SHARDS).rmdir()
+
+
+def finish(out: Path, model: UMM, *, seed: int = 0) -> None:
+    """Write summary.json (scores plus the adapter's notes) and the report."""
+    from gapeval.report import write_report
+    from gapeval.score import summarize
+
+    summary = summarize(load_records(out), seed=seed)
+    notes = getattr(model, "notes", None)
+    summary["model_notes"] = notes() if callable(notes) else {}
+    write_json_atomic(out / SUMMARY, summary)
+    write_report(out)

@@ -1,0 +1,5 @@
+"""Shared test setup: never touch the Hugging Face Hub."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"

@@ -1,0 +1,208 @@
+"""The runner: run directory contents, resume after SIGKILL, refusal of mismatched runs, recorded errors."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gapeval.manifest import RunMismatchError
+from gapeval.models.oracle import OracleAdapter
+from gapeval.runner import RESULTS, load_records, run
+from gapeval.synth.suite import build_suite
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return build_suite()
+
+
+@pytest.fixture(scope="module")
+def small():
+    return build_suite(40, seed=1)
+
+
+def _run(model, items, out, **kw):
+    kw.setdefault("suite_id", "synth-test")
+    kw.setdefault("progress", False)
+    return run(model, items, out, **kw)
+
+
+def _accuracy(records, direction, category=None):
+    values = [r[direction]["correct"] for r in records if category in (None, r["category"])]
+    return sum(values) / len(values)
+
+
+def test_error_free_oracle_scores_one_everywhere(suite, tmp_path):
+    out = _run(OracleAdapter(suite), suite, tmp_path / "run", batch_size=64)
+    records = load_records(out)
+    assert [r["id"] for r in records] == [i.id for i in suite]
+    assert all(r["und"]["correct"] is True and r["gen"]["correct"] is True for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    for row in [summary["overall"], *summary["categories"].values()]:
+        assert row["und_acc"] == 1.0 and row["gen_acc"] == 1.0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == {"name": "oracle", "config": OracleAdapter(suite).config()}
+    assert manifest["suite"]["n_items"] == len(suite) and len(manifest["suite"]["hash"]) == 64
+    assert {"torch", "transformers", "peft", "numpy", "gapeval", "python"} <= set(manifest["versions"])
+    assert (out / "report.md").exists() and (out / "report.png").stat().st_size > 1000
+    first = records[0]
+    assert set(first) == {"id", "category", "subcategory", "und", "gen"}
+    assert first["gen"]["image"] == f"images/{first['id']}.png" and (out / first["gen"]["image"]).exists()
+    assert first["und"]["judge"] and first["gen"]["judge"]
+
+
+def test_error_rates_give_expected_accuracies_and_a_larger_gap(suite, tmp_path):
+    clean = _run(OracleAdapter(suite), suite, tmp_path / "clean", batch_size=64)
+    noisy = _run(OracleAdapter(suite, und_error=0.1, gen_error=0.4), suite, tmp_path / "noisy", batch_size=64)
+    records = load_records(noisy)
+    n = len(records)
+    assert abs(_accuracy(records, "und") - 0.9) < 3.5 * math.sqrt(0.09 / n)
+    assert abs(_accuracy(records, "gen") - 0.6) < 3.5 * math.sqrt(0.24 / n)
+    gap = json.loads((noisy / "summary.json").read_text())["overall"]["gap"]
+    clean_gap = json.loads((clean / "summary.json").read_text())["overall"]["gap"]
+    assert gap > clean_gap
+
+
+def test_same_command_twice_gives_identical_results(small, tmp_path):
+    a = _run(OracleAdapter(small, und_error=0.3, gen_error=0.3), small, tmp_path / "a", batch_size=7)
+    b = _run(OracleAdapter(small, und_error=0.3, gen_error=0.3), small, tmp_path / "b", batch_size=3)
+    assert (a / RESULTS).read_bytes() == (b / RESULTS).read_bytes()
+    for image in (a / "images").iterdir():
+        assert image.read_bytes() == (b / "images" / image.name).read_bytes()
+
+
+def test_finished_run_is_not_redone(small, tmp_path, capsys):
+    out = _run(OracleAdapter(small), small, tmp_path / "run")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    _run(OracleAdapter(small), small, out)
+    assert "already complete" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("change", ["config", "seed", "suite", "edit"])
+def test_mismatched_run_directory_is_refused(small, tmp_path, change):
+    out = _run(OracleAdapter(small), small, tmp_path / "run")
+    before = (out / RESULTS).read_bytes()
+    items = build_suite(40, seed=2) if change == "suite" else small
+    model = OracleAdapter(items, und_error=0.2 if change == "config" else 0.0)
+    kw = {"seed": 1} if change == "seed" else {"edit": "lora-1"} if change == "edit" else {}
+    with pytest.raises(
+        RunMismatchError, match=f"holds a different run.*{'model' if change == 'config' else change}"
+    ):
+        _run(model, items, out, **kw)
+    assert (out / RESULTS).read_bytes() == before
+
+
+def test_resume_drops_torn_line_and_never_duplicates(small, tmp_path):
+    reference = _run(OracleAdapter(small, gen_error=0.5), small, tmp_path / "ref")
+    out = tmp_path / "run"
+    lines = (reference / RESULTS).read_bytes().splitlines(keepends=True)
+    out.mkdir(exist_ok=True)
+    (out / "manifest.json").write_bytes((reference / "manifest.json").read_bytes())
+    (out / RESULTS).write_bytes(b"".join(lines[:11]) + lines[11][:25])  # killed mid-write
+    _run(OracleAdapter(small, gen_error=0.5), small, out)
+    assert (out / RESULTS).read_bytes() == (reference / RESULTS).read_bytes()
+
+
+def test_corrupt_committed_line_is_a_clear_error(small, tmp_path):
+    out = _run(OracleAdapter(small), small, tmp_path / "run")
+    (out / "summary.json").unlink()
+    lines = (out / RESULTS).read_text().splitlines(keepends=True)
+    (out / RESULTS).write_text("".join(lines[:3]) + "{oops\n" + "".join(lines[4:]))
+    with pytest.raises(ValueError, match=r"results.jsonl, line 4"):
+        _run(OracleAdapter(small), small, out)
+
+
+class FlakyOracle(OracleAdapter):
+    """Fails understanding on batches holding a chosen item, and returns one image too few for another."""
+
+    def __init__(self, items, explode, short):
+        super().__init__(items)
+        self.explode, self.short = explode, short
+
+    def understand(self, requests):
+        if any(r.item_id == self.explode for r in requests):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return super().understand(requests)
+
+    def generate(self, requests):
+        images = super().generate(requests)
+        return images[:-1] if any(r.item_id == self.short for r in requests) else images
+
+
+def test_model_errors_are_recorded_per_item(small, tmp_path):
+    ids = [i.id for i in small]
+    out = _run(FlakyOracle(small, explode=ids[5], short=ids[20]), small, tmp_path / "run", batch_size=4)
+    records = {r["id"]: r for r in load_records(out)}
+    assert len(records) == len(small)
+    for item_id in ids[4:8]:
+        und = records[item_id]["und"]
+        assert und["correct"] is None and und["output"] is None
+        assert und["error"] == "model: RuntimeError: CUDA out of memory (simulated)"
+        assert records[item_id]["gen"]["correct"] is True
+    for item_id in ids[20:24]:
+        gen = records[item_id]["gen"]
+        assert gen["correct"] is None and gen["image"] is None and "3 answers for 4 requests" in gen["error"]
+    assert sum(r["und"]["correct"] is True for r in records.values()) == len(small) - 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["n_error"] == 8
+
+
+SLOW_MODEL = """
+import time
+from gapeval.models.oracle import OracleAdapter
+from gapeval.synth.suite import build_suite
+
+
+class SlowOracle(OracleAdapter):
+    def generate(self, requests):
+        time.sleep(0.15)
+        return super().generate(requests)
+
+
+def make(**kwargs):
+    return SlowOracle(build_suite(40, seed=1), **kwargs)
+"""
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(small, tmp_path):
+    (tmp_path / "slow_model.py").write_text(SLOW_MODEL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "gapeval",
+        "run",
+        "--model",
+        "py:slow_model:make",
+        "--suite",
+        "synth:n=40,seed=1",
+    ]
+    cmd += ["--out", str(out), "--batch-size", "2", "--no-progress", "--model-arg", "gen_error=0.5"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = out / RESULTS
+    deadline = time.monotonic() + 60
+    while (not results.exists() or results.read_bytes().count(b"\n") < 6) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = results.read_bytes().count(b"\n")
+    assert 6 <= killed_at < len(small), "the run was not interrupted halfway"
+    assert not (out / "summary.json").exists()
+
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming, {killed_at} of 40 items already done" in done.stderr
+    reference = _run(OracleAdapter(small, gen_error=0.5), small, tmp_path / "uninterrupted")
+    assert results.read_bytes() == (reference / RESULTS).read_bytes()
+    ids = [r["id"] for r in load_records(out)]
+    assert len(ids) == len(set(ids)) == len(small)
