@@ -75,14 +75,22 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=int, help="evaluate only the first N items of the suite")
     p.add_argument("--edit", help="name of the knowledge edit or adapter applied to the model (recorded)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples for the summary's confidence intervals (default: 1000)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gapeval import distributed
     from gapeval.models.registry import load_model
     from gapeval.runner import run
     from gapeval.suites import get_suite
 
+    processes = distributed.current()  # before loading: under a launcher this pins the process to its GPU
     suite = get_suite(args.suite)
     items, suite_id = suite.items, suite.id
     if args.limit is not None:
@@ -99,8 +107,11 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         edit=args.edit,
+        processes=processes,
+        bootstrap=args.bootstrap,
     )
-    print(out)
+    if processes.is_main:
+        print(out)
     return 0
 
 

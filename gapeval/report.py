@@ -44,19 +44,22 @@ def _pvalue(value: Any) -> str:
     return "—" if value is None else f"{value:.3g}"
 
 
-def _gap(row: dict[str, Any]) -> str:
-    ci = row.get("gap_ci")
-    return _num(row.get("gap")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+def _gap(row: dict[str, Any], kind: str = "reference") -> str:
+    ci = row.get(f"gap_{kind}_ci")
+    return _num(row.get(f"gap_{kind}")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _joint(row: dict[str, Any], key: str) -> str:
-    count = row.get("counts", {}).get(key[1:])
+    count = row.get(f"n{key[1:]}")
     return _num(row.get(key)) + (f" ({count})" if count is not None else "")
 
 
 def table(summary: dict[str, Any]) -> str:
     """The per-category markdown table."""
-    head = "| category | n | und acc | gen acc | p11 | p10 | p01 | p00 | Gap Score [95% CI] | identified gap | κ | McNemar p | errors |"
+    head = (
+        "| category | n | und acc | gen acc | p11 | p10 | p01 | p00 | Gap Score [95% CI] | identified gap [95% CI] "
+        "| κ | McNemar p | errors |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, row in rows(summary):
         cells = [
@@ -66,7 +69,7 @@ def table(summary: dict[str, Any]) -> str:
             _num(row.get("gen_acc")),
             *(_joint(row, key) for key in JOINT),
             _gap(row),
-            _num(row.get("gap_identified")),
+            _gap(row, "identified"),
             _num(row.get("kappa")),
             _pvalue(row.get("mcnemar_p")),
             str(row.get("n_error", 0)),
@@ -103,7 +106,8 @@ def write_report(run_dir: str | Path) -> Path:
         "Gap Score: the GapEval reference procedure (higher = larger gap between understanding and generation);",
         "identified gap: the variant fitted on the identified logit difference (see gapeval/score.py).",
         "κ: Cohen's kappa between the two directions' verdicts; McNemar p: exact test of und vs gen accuracy.",
-        "p11 = both right, p10 = understanding only, p01 = generation only, p00 = neither (counts in brackets).",
+        "p11 = both right, p10 = understanding only, p01 = generation only, p00 = neither (counts in brackets);",
+        "errors: items whose answer could not be produced or judged, left out of every other column.",
         "",
         "![und vs gen accuracy and joint outcomes](report.png)",
         "",
@@ -141,11 +145,11 @@ def plot_run(summary: dict[str, Any], path: Path, title: str = "") -> None:
     acc.bar(x - 0.2, und, 0.4, label="understanding", color="#1c7ed6")
     acc.bar(x + 0.2, gen, 0.4, label="generation", color="#f08c00")
     for xi, row, top in zip(x, data, np.maximum(und, gen), strict=True):
-        if row.get("gap") is not None:
-            acc.annotate(f"gap {row['gap']:.2f}", (xi, top + 0.02), ha="center", fontsize=8)
-    acc.set(xticks=x, ylim=(0, 1.15), ylabel="accuracy", title="accuracy per direction")
+        if row.get("gap_reference") is not None:
+            acc.annotate(f"gap {row['gap_reference']:.2f}", (xi, top + 0.02), ha="center", fontsize=8)
+    acc.set(xticks=x, ylim=(0, 1.3), ylabel="accuracy", title="accuracy per direction")
     acc.set_xticklabels(labels, fontsize=8)
-    acc.legend(loc="lower right", fontsize=8)
+    acc.legend(loc="upper center", ncol=2, fontsize=8)
     bottom = np.zeros(len(data))
     for key in JOINT:
         values = np.array([row.get(key) or 0.0 for row in data])
@@ -192,9 +196,9 @@ def plot_compare(runs: list[tuple[str, dict[str, dict[str, Any]]]], names: list[
     width = 0.8 / len(runs)
     for k, (label, by_category) in enumerate(runs):
         rows_ = [by_category.get(name, {}) for name in names]
-        values = np.array([row.get("gap") or 0.0 for row in rows_])
+        values = np.array([row.get("gap_reference") or 0.0 for row in rows_])
         err = np.array(
-            [row.get("gap_ci") or [v, v] for v, row in zip(values, rows_, strict=True)], dtype=float
+            [row.get("gap_reference_ci") or [v, v] for v, row in zip(values, rows_, strict=True)], dtype=float
         )
         err = np.clip(np.stack([values - err[:, 0], err[:, 1] - values]), 0, None)
         ax.bar(x + (k - (len(runs) - 1) / 2) * width, values, width, yerr=err, capsize=2, label=label)

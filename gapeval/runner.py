@@ -249,11 +249,13 @@ def run(
     progress: bool = True,
     edit: str | None = None,
     processes: distributed.Processes | None = None,
+    bootstrap: int = 1000,
 ) -> Path:
     """Evaluate ``model`` on ``items`` into ``out_dir`` (created, or resumed); return the run directory.
 
     ``judge_overrides`` maps a direction to the judge for all its items; ``edit`` names the knowledge edit or
     adapter applied to the model, if any. ``processes`` defaults to the launcher's (see gapeval.distributed).
+    ``bootstrap`` is the number of resamples behind the summary's confidence intervals.
     """
     from gapeval.io import suite_hash
 
@@ -307,7 +309,7 @@ def run(
     procs.barrier()
     if procs.is_main:
         merge(out, items)
-        finish(out, model, seed=seed)
+        finish(out, model, seed=seed, bootstrap=bootstrap)
     procs.barrier()
     return out
 
@@ -361,12 +363,12 @@ def merge(out: Path, items: Sequence[Item]) -> None:
         (out / SHARDS).rmdir()
 
 
-def finish(out: Path, model: UMM, *, seed: int = 0) -> None:
+def finish(out: Path, model: UMM, *, seed: int = 0, bootstrap: int = 1000) -> None:
     """Write summary.json (scores plus the adapter's notes) and the report."""
     from gapeval.report import write_report
     from gapeval.score import summarize
 
-    summary = summarize(load_records(out), seed=seed)
+    summary = summarize(load_records(out), bootstrap=bootstrap, seed=seed)
     notes = getattr(model, "notes", None)
     summary["model_notes"] = notes() if callable(notes) else {}
     write_json_atomic(out / SUMMARY, summary)

@@ -37,11 +37,16 @@ Rows = np.ndarray | Sequence[Sequence[float]]
 
 @dataclass
 class GapResult:
-    """Per-row gaps (one row per category), their mean, and the fitted logit differences behind them."""
+    """Per-row gaps (one row per category), their mean, and the fitted logit differences Δ behind them.
+
+    ``converged`` is False only for an identified fit that stopped before converging (never for the reference,
+    whose fixed 2000 steps are its definition).
+    """
 
     gaps: list[float]
     gap_mean: float
     deltas: list[float]
+    converged: bool = True
 
 
 # ---------------------------------------------------------------------------------------------- input rows
@@ -56,19 +61,27 @@ def validate_rows(model: str, rows: Any) -> np.ndarray:
     if isinstance(rows, np.ndarray):
         rows = rows.tolist()
     if not isinstance(rows, list | tuple) or not rows:
-        raise ValueError(f"model {model!r}: rows must be a non-empty list of [p11, p10, p01, p00], got {rows!r}")
+        raise ValueError(
+            f"model {model!r}: rows must be a non-empty list of [p11, p10, p01, p00], got {rows!r}"
+        )
     out = []
     for idx, row in enumerate(rows):
         if not isinstance(row, list | tuple) or len(row) != 4:
-            raise ValueError(f"model {model!r} row {idx}: must be a list of four numbers [p11, p10, p01, p00]")
+            raise ValueError(
+                f"model {model!r} row {idx}: must be a list of four numbers [p11, p10, p01, p00]"
+            )
         if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in row):
             raise ValueError(f"model {model!r} row {idx}: values must be numbers, got {row!r}")
         values = [float(x) for x in row]
         if not all(math.isfinite(x) for x in values) or any(x < 0.0 for x in values):
-            raise ValueError(f"model {model!r} row {idx}: values must be finite and non-negative, got {values}")
+            raise ValueError(
+                f"model {model!r} row {idx}: values must be finite and non-negative, got {values}"
+            )
         total = sum(values)
         if abs(total - 1.0) > ROW_SUM_TOL:
-            raise ValueError(f"model {model!r} row {idx}: must sum to 1 ± {ROW_SUM_TOL}, got {total:.6f} ({values})")
+            raise ValueError(
+                f"model {model!r} row {idx}: must sum to 1 ± {ROW_SUM_TOL}, got {total:.6f} ({values})"
+            )
         out.append([x / total for x in values])
     return np.asarray(out, dtype=np.float64)
 
@@ -91,6 +104,14 @@ def _prepare(model: str, rows: Rows) -> _Prepared:
     return _Prepared(marg * N_TOTAL, torch.tensor(p11, **f32), torch.tensor(p00, **f32))
 
 
+def _group_by_rows(preps: Mapping[str, _Prepared]) -> dict[int, list[str]]:
+    """Model names by row count: models fitted together share R, so no padding enters any model's sums."""
+    groups: dict[int, list[str]] = {}
+    for name, prep in preps.items():
+        groups.setdefault(prep.counts.shape[0], []).append(name)
+    return groups
+
+
 def _initial_theta(counts: torch.Tensor) -> torch.Tensor:
     """(…, R, 2) logits of the observed text and image success rates, clamped like the reference."""
     ts, tf, is_, if_ = counts.unbind(-1)
@@ -105,9 +126,11 @@ def _gaps_from_delta(delta: torch.Tensor, p11: torch.Tensor, p00: torch.Tensor) 
     return torch.sigmoid(torch.logit(g) + LAMBDA_FAIL * p00 - LAMBDA_SUCC * p11)
 
 
-def _result(delta: torch.Tensor, prep: _Prepared) -> GapResult:
+def _result(delta: torch.Tensor, prep: _Prepared, converged: bool = True) -> GapResult:
     gaps = _gaps_from_delta(delta.to(torch.float32), prep.p11, prep.p00).tolist()
-    return GapResult(gaps=gaps, gap_mean=float(np.mean(gaps)), deltas=delta.double().tolist())
+    return GapResult(
+        gaps=gaps, gap_mean=float(np.mean(gaps)), deltas=delta.double().tolist(), converged=converged
+    )
 
 
 def _reference_loss(
@@ -155,7 +178,9 @@ def gap_score_reference(rows: Rows, seed: int = 42, steps: int = 2000, model: st
     beta = torch.nn.Parameter(torch.zeros(2))
     mu = torch.nn.Parameter(theta0.mean(dim=0))
     l_raw = torch.nn.Parameter(torch.tensor(L_RAW_INIT))
-    optimizer = torch.optim.AdamW([theta, beta, mu, l_raw], lr=LR, betas=BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(
+        [theta, beta, mu, l_raw], lr=LR, betas=BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY
+    )
     best_loss, best_theta = math.inf, theta0
     for _ in range(steps):
         optimizer.zero_grad()
@@ -178,7 +203,9 @@ def _rowwise(x: torch.Tensor) -> torch.Tensor:
     return rows.copy_(x)
 
 
-def _reference_loss_and_grads(counts: torch.Tensor, x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference_loss_and_grads(
+    counts: torch.Tensor, x: torch.Tensor, r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (M,) and its gradient (M, P) for M packed models, bit-identical to ``_reference_loss`` + autograd.
 
     Forward and backward are written out by hand so that each model sees exactly the float32 operations,
@@ -218,7 +245,9 @@ def _reference_loss_and_grads(counts: torch.Tensor, x: torch.Tensor, r: int) -> 
     g_sigma = -torch.bmm(sit, torch.bmm(g_sigma_inv, sit))
     g_chol = torch.diag_embed(r * torch.ones(()) / diag) + torch.bmm(g_sigma, chol)
     g_chol = g_chol + torch.bmm(g_sigma.transpose(1, 2), chol)
-    g_raw_diag = torch.ops.aten.softplus_backward(_rowwise(torch.diagonal(g_chol, dim1=1, dim2=2)), raw_diag, 1, 20)
+    g_raw_diag = torch.ops.aten.softplus_backward(
+        _rowwise(torch.diagonal(g_chol, dim1=1, dim2=2)), raw_diag, 1, 20
+    )
     g_l_raw = torch.tril(g_chol)
     g_l_raw.diagonal(dim1=1, dim2=2).copy_(g_raw_diag)
     grad = torch.cat(
@@ -263,15 +292,324 @@ def _fit_reference_batch(counts: torch.Tensor, steps: int) -> torch.Tensor:
 def gap_scores_reference_batched(models: Mapping[str, Rows], steps: int = 2000) -> dict[str, GapResult]:
     """The reference Gap Score for many models in one vectorised optimisation per row count R.
 
-    Models are grouped by their number of rows, so no padding enters any model's sums.
+    Bit-identical to calling ``gap_score_reference`` on each model (the tests check it), and much faster.
     """
     preps = {name: _prepare(name, rows) for name, rows in models.items()}
-    by_rows: dict[int, list[str]] = {}
-    for name, prep in preps.items():
-        by_rows.setdefault(prep.counts.shape[0], []).append(name)
     out: dict[str, GapResult] = {}
-    for names in by_rows.values():
+    for names in _group_by_rows(preps).values():
         theta = _fit_reference_batch(torch.stack([preps[n].counts for n in names]), steps)
         for name, th in zip(names, theta, strict=True):
             out[name] = _result(th[:, 0] - th[:, 1], preps[name])
     return {name: out[name] for name in models}
+
+
+# ---------------------------------------------------------------------------------------------- identified
+
+
+def _profile_loss(params: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The reference objective for one model with β and the Cholesky diagonal minimised out in closed form.
+
+    With φ_r = θ_r − β and ν = μ − β the likelihood sees only φ and the prior only φ − ν; the one term left
+    that moves β alone, 1e-3(|β|² + |μ|²), is smallest at β = −ν/2, where it equals 5e-4|ν|². Writing
+    L = [[a, 0], [w·a, c]], the prior R·log(a·c) + ½Σ_r|L⁻¹(φ_r − ν)|² splits into
+    R·log a + s00/(2a²) + R·log c + t/(2c²) with s00 = Σ(φ_r − ν)_text², t = Σ((φ_r − ν)_image − w(φ_r − ν)_text)²,
+    minimised at a² = s00/R, c² = t/R, or at the floor 1e-4 (softplus + 1e-4 never goes below it; when the
+    rows fall on a line the minimum lies on that floor, which the reference parametrisation only reaches in
+    the limit). So this loss over (φ, ν, w) has the same infimum as the reference loss over (θ, β, μ, L_raw).
+    ``params`` is [φ (R×2, row-major), ν (2), w].
+    """
+    r = counts.shape[0]
+    phi, nu, w = params[: 2 * r].view(r, 2), params[2 * r : 2 * r + 2], params[2 * r + 2]
+    ts, tf, is_, if_ = counts.unbind(-1)
+    p_text, p_image = torch.sigmoid(phi[:, 0]), torch.sigmoid(phi[:, 1])
+    nll = -(
+        ts * torch.log(p_text + EPS)
+        + tf * torch.log(1.0 - p_text + EPS)
+        + is_ * torch.log(p_image + EPS)
+        + if_ * torch.log(1.0 - p_image + EPS)
+    ).sum()
+    return nll + _prior_of(params, counts) + 5e-4 * nu.square().sum()
+
+
+def _prior_of(params: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The hierarchical prior term of ``_profile_loss`` with the Cholesky diagonal at its optimum."""
+    r = counts.shape[0]
+    diff = params[: 2 * r].view(r, 2) - params[2 * r : 2 * r + 2]
+    w = params[2 * r + 2]
+    s00 = diff[:, 0].square().sum()
+    t = (diff[:, 1] - w * diff[:, 0]).square().sum()
+    a2, c2 = (s00 / r).clamp_min(1e-8), (t / r).clamp_min(1e-8)
+    return 0.5 * r * (torch.log(a2) + torch.log(c2)) + s00 / (2 * a2) + t / (2 * c2)
+
+
+def _damped_newton(
+    fn, x: torch.Tensor, counts: torch.Tensor, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimise ``fn(params, counts)`` for every model at once; each model has its own Levenberg damping.
+
+    A model accepts a step only if its loss falls, so models converge independently (a shared line search,
+    as in LBFGS over the summed loss, stalls on the slowest model). A model has converged when a nearly
+    undamped Newton step lowers its loss by less than ``tol`` (relative). Returns (params, loss, converged).
+    """
+    loss_fn, grad_fn, hess_fn = (
+        torch.vmap(fn),
+        torch.vmap(torch.func.grad(fn)),
+        torch.vmap(torch.func.hessian(fn)),
+    )
+    eye = torch.eye(x.shape[1], dtype=x.dtype)
+    damping = torch.full(x.shape[:1], 1e-3, dtype=x.dtype)
+    converged = torch.zeros(x.shape[:1], dtype=torch.bool)
+    loss = loss_fn(x, counts)
+    for _ in range(max_iter):
+        idx = (~converged).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        xa, ca, la, da = x[idx], counts[idx], loss[idx], damping[idx]
+        chol, info = torch.linalg.cholesky_ex(hess_fn(xa, ca) + da[:, None, None] * eye)
+        step = -torch.cholesky_solve(grad_fn(xa, ca).unsqueeze(-1), chol).squeeze(-1)
+        trial = xa + torch.where((info == 0)[:, None], step, torch.zeros_like(step))
+        trial_loss = loss_fn(trial, ca)
+        accept = (info == 0) & torch.isfinite(trial_loss) & (trial_loss < la)
+        x[idx] = torch.where(accept[:, None], trial, xa)
+        loss[idx] = torch.where(accept, trial_loss, la)
+        damping[idx] = torch.where(accept, (da / 3).clamp_min(1e-12), da * 4)
+        small = accept & (la - trial_loss <= tol * (1.0 + la.abs()))
+        converged[idx] = (small & (da <= 1e-2)) | (da > 1e12)
+    return x, loss, converged
+
+
+def _pooled_text_limit(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """φ (M, R, 2) and loss of the collapsed optimum the profile loss approaches when it has no interior one.
+
+    Along that path the text logits of all rows merge into ν_text (the text variance sits on its floor) while
+    the Cholesky off-diagonal grows without bound, so the image deviations cost nothing and every row keeps its
+    observed image logit (clamped like the reference's start). ν_text minimises the pooled text likelihood plus
+    its anchor, found by 1-D Newton.
+    """
+    r = counts.shape[1]
+    ts, tf = counts[..., 0], counts[..., 1]
+    nu = _initial_theta(counts)[..., 0].mean(dim=1)
+    for _ in range(50):
+        p = torch.sigmoid(nu)
+        grad = -(ts.sum(1) * (1 - p) - tf.sum(1) * p) + 1e-3 * nu
+        nu = nu - grad / ((ts.sum(1) + tf.sum(1)) * p * (1 - p) + 1e-3)
+    phi = torch.stack([nu[:, None].expand(-1, r), _initial_theta(counts)[..., 1]], dim=-1)
+    params = torch.cat(
+        [phi.reshape(-1, 2 * r), nu[:, None], torch.zeros(nu.shape[0], 2, dtype=nu.dtype)], dim=1
+    )
+    nll_and_anchor = torch.vmap(_profile_loss)(params, counts) - torch.vmap(_prior_of)(params, counts)
+    return phi, nll_and_anchor + r * math.log(1e-8)
+
+
+def _fit_identified_batch(
+    counts: torch.Tensor, seed: int | None = None, max_iter: int = 200, tol: float = 1e-13
+):
+    """Minimise ``_profile_loss`` for M models (counts (M, R, 4)); returns (φ (M, R, 2), converged (M,)).
+
+    Newton starts where the reference starts (the observed logits); ``seed`` perturbs that start, to check
+    that the optimum does not depend on it (the loss can have several local optima; the reference's start
+    picks one). With R rows and a freely
+    estimated 2×2 covariance, the reference model can have no interior optimum: when the rows' text success
+    rates are close, the loss keeps falling as the text variance collapses and the Cholesky off-diagonal grows
+    (``_pooled_text_limit``). Newton then crawls along that path without converging; such models take the
+    limit of the path if it is lower, and are reported as not converged otherwise.
+    """
+    counts = counts.double()
+    m, r = counts.shape[:2]
+    theta0 = _initial_theta(counts)
+    x = torch.cat([theta0.reshape(m, 2 * r), theta0.mean(dim=1), theta0.new_zeros(m, 1)], dim=1)
+    if seed is not None:
+        x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x, loss, converged = _damped_newton(_profile_loss, x, counts, max_iter, tol)
+    phi = x[:, : 2 * r].view(m, r, 2)
+    limit_phi, limit_loss = _pooled_text_limit(counts)
+    use_limit = ~converged & (limit_loss < loss)
+    return torch.where(use_limit[:, None, None], limit_phi, phi), converged | use_limit
+
+
+def gap_score_identified(rows: Rows, seed: int | None = None, model: str = "model") -> GapResult:
+    """Gap Score with Δ_r = (θ_r^text − β_text) − (θ_r^image − β_image), fitted to convergence.
+
+    Why: in the reference model, raising θ^text of every row and β_text together leaves the likelihood and the
+    prior unchanged; only the tiny anchor 1e-3|β|² pins β. The reference's Δ = θ^text − θ^image therefore
+    moves along that nearly flat direction as the optimiser runs, and its value depends on where 2000 AdamW
+    steps stop: run to convergence, the row [0.3, 0.2, 0.2, 0.3] of the issue's example goes from 0.110 to
+    ~0.30 at the same loss. θ − β is what the data determine, and at the converged optimum it does not depend
+    on the optimiser, its settings or (within the optimum's basin) its start. Same model, same final map from
+    Δ to the gap; for that row Δ ≈ 0, as its text and image success rates are equal, and the gap is ~0.01.
+    See ``_fit_identified_batch`` for rows where the reference model has no interior optimum.
+    """
+    return gap_scores_identified_batched({model: rows}, seed=seed)[model]
+
+
+def gap_scores_identified_batched(
+    models: Mapping[str, Rows], seed: int | None = None
+) -> dict[str, GapResult]:
+    """``gap_score_identified`` for many models at once (grouped by row count), as the bootstrap needs."""
+    preps = {name: _prepare(name, rows) for name, rows in models.items()}
+    out: dict[str, GapResult] = {}
+    for names in _group_by_rows(preps).values():
+        phi, converged = _fit_identified_batch(torch.stack([preps[n].counts for n in names]), seed=seed)
+        for name, ph, ok in zip(names, phi, converged.tolist(), strict=True):
+            out[name] = _result(ph[:, 0] - ph[:, 1], preps[name], converged=ok)
+    return {name: out[name] for name in models}
+
+
+# ---------------------------------------------------------------------------------------------- the reference script
+
+
+def score_file(path: str | Path) -> Path:
+    """Drop-in for the release's script: score ``{model: [[p11, p10, p01, p00], ...]}`` from a JSON file.
+
+    Writes ``<stem>_gapres.json`` beside it as ``{"results": {model: {"gaps": [...], "gap_mean": x}}}`` with
+    gaps rounded to 6 decimals and gap_mean the rounded mean of the rounded gaps, as the release does; all
+    models are fitted together. Returns the output path.
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read a JSON object of joint rows: {err}") from err
+    if not isinstance(payload, dict) or not payload:
+        raise ValueError(f"{path}: expected a non-empty JSON object mapping model names to rows")
+    try:
+        results = gap_scores_reference_batched(payload)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    out = {}
+    for name, res in results.items():
+        gaps = [round(g, 6) for g in res.gaps]
+        out[name] = {"gaps": gaps, "gap_mean": round(sum(gaps) / len(gaps), 6)}
+    out_path = path.with_name(f"{path.stem}_gapres.json")
+    out_path.write_text(json.dumps({"results": out}, ensure_ascii=False, indent=2))
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------------- run records
+
+
+def _outcome(record: Any, index: int) -> tuple[str, int | None]:
+    """(category, joint outcome index into JOINT_KEYS or None on a judge error) of one results.jsonl record."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"record {index}: expected an object, got {type(record).__name__}")
+    rid = record.get("id", f"#{index}")
+    category = record.get("category")
+    if not isinstance(category, str) or not category:
+        raise ValueError(f"record {rid}: field 'category' must be a non-empty string")
+    verdicts = []
+    for direction in ("und", "gen"):
+        verdict = record.get(direction)
+        if not isinstance(verdict, Mapping) or "correct" not in verdict:
+            raise ValueError(f"record {rid}: field '{direction}' must be an object with 'correct'")
+        if verdict["correct"] not in (True, False, None):
+            raise ValueError(f"record {rid}: field '{direction}.correct' must be true, false or null")
+        verdicts.append(verdict["correct"])
+    und, gen = verdicts
+    if und is None or gen is None:
+        return category, None
+    return category, (0 if und else 2) + (0 if gen else 1)
+
+
+def _category_order(categories: Iterable[str]) -> list[str]:
+    known = [c for c in CATEGORIES if c in categories]
+    return known + sorted(set(categories) - set(known))
+
+
+def _counts_summary(n: np.ndarray, n_error: int) -> dict[str, Any]:
+    """Counts [n11, n10, n01, n00] → counts, accuracies and joint proportions (None without items)."""
+    total = int(n.sum())
+    out: dict[str, Any] = {f"n{k[1:]}": int(v) for k, v in zip(JOINT_KEYS, n, strict=True)}
+    out.update(n=total, n_error=n_error)
+    out["und_acc"] = (n[0] + n[1]) / total if total else None
+    out["gen_acc"] = (n[0] + n[2]) / total if total else None
+    out.update({k: (v / total if total else None) for k, v in zip(JOINT_KEYS, n.tolist(), strict=True)})
+    return out
+
+
+def _outcomes_by_category(records: Iterable[Any]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    outcomes: dict[str, list[int]] = {}
+    errors: dict[str, int] = {}
+    for index, record in enumerate(records):
+        category, outcome = _outcome(record, index)
+        outcomes.setdefault(category, [])
+        errors.setdefault(category, 0)
+        if outcome is None:
+            errors[category] += 1
+        else:
+            outcomes[category].append(outcome)
+    return outcomes, errors
+
+
+def joint_counts(records: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """Per category and "overall": n11, n10, n01, n00, n, n_error, und_acc, gen_acc, p11..p00.
+
+    A record whose und or gen verdict is None (the judge failed) is left out of every count and proportion
+    and counted in ``n_error``: a judge error is neither a right nor a wrong answer.
+    """
+    outcomes, errors = _outcomes_by_category(records)
+    return _joint_counts(outcomes, errors)
+
+
+def _joint_counts(outcomes: Mapping[str, list[int]], errors: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for category in _category_order(outcomes):
+        out[category] = _counts_summary(np.bincount(outcomes[category], minlength=4), errors[category])
+    every = [o for c in outcomes.values() for o in c]
+    out["overall"] = _counts_summary(
+        np.bincount(np.asarray(every, dtype=int), minlength=4), sum(errors.values())
+    )
+    return out
+
+
+def summarize(records: Iterable[Any], bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Everything a report needs about one run, JSON-serialisable (it is summary.json).
+
+    ``{"categories": {category: stats}, "overall": stats, "bootstrap": {...}}`` where stats holds the counts and
+    proportions of ``joint_counts``, ``gap_reference`` and ``gap_identified`` with 95% percentile bootstrap
+    intervals (``*_ci``), ``disagreement`` (p10 + p01), ``kappa`` (Cohen's, und vs gen) and ``mcnemar_p``
+    (exact, n10 vs n01). The reference scores all of a model's categories together, one row each, so the
+    categories of the run are one model's rows and "overall" gaps are the mean over category rows. Each
+    bootstrap resample draws every category's items with replacement and is scored as one more "model" in a
+    single batched fit. On two CPU cores, 420 items in 4 categories take about 6 s with 1000 resamples.
+    """
+    outcomes, errors = _outcomes_by_category(records)
+    table = _joint_counts(outcomes, errors)
+    scored = [c for c in table if c != "overall" and table[c]["n"] > 0]
+    for name, stats in table.items():
+        stats.update(
+            disagreement=None if stats["n"] == 0 else stats["p10"] + stats["p01"],
+            kappa=cohen_kappa(stats["n11"], stats["n10"], stats["n01"], stats["n00"]),
+            mcnemar_p=mcnemar_exact(stats["n10"], stats["n01"]),
+        )
+        stats.update(gap_reference=None, gap_reference_ci=None, gap_identified=None, gap_identified_ci=None)
+    if scored:
+        rng = np.random.default_rng(seed)
+        rows = {"point": [[table[c][k] for k in JOINT_KEYS] for c in scored]}
+        for b in range(bootstrap):
+            rows[f"b{b}"] = [_resampled_row(outcomes[c], rng) for c in scored]
+        for kind, fit in (
+            ("reference", gap_scores_reference_batched),
+            ("identified", gap_scores_identified_batched),
+        ):
+            results = fit(rows)
+            samples = np.array([results[f"b{b}"].gaps for b in range(bootstrap)]).reshape(
+                bootstrap, len(scored)
+            )
+            for i, category in enumerate(scored):
+                table[category][f"gap_{kind}"] = results["point"].gaps[i]
+                table[category][f"gap_{kind}_ci"] = percentile_ci(samples[:, i])
+            table["overall"][f"gap_{kind}"] = results["point"].gap_mean
+            table["overall"][f"gap_{kind}_ci"] = percentile_ci(samples.mean(axis=1))
+            if kind == "identified":
+                table["overall"]["identified_converged"] = results["point"].converged
+    return {
+        "categories": {c: table[c] for c in table if c != "overall"},
+        "overall": table["overall"],
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95, "unit": "items within category"},
+    }
+
+
+def _resampled_row(outcomes: list[int], rng: np.random.Generator) -> list[float]:
+    """Joint proportions of one bootstrap resample of a category's items."""
+    draw = rng.integers(0, len(outcomes), size=len(outcomes))
+    return (np.bincount(np.asarray(outcomes)[draw], minlength=4) / len(outcomes)).tolist()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_hf import tiny_janus
+from tiny_hf import one_torch_thread, tiny_janus
 
 from gapeval.models.base import Intervenable, Request
 from gapeval.models.janus import JanusAdapter
@@ -24,6 +24,12 @@ REQUESTS = [
     Request("if-1", "Describe the vase after it is hit by a hammer.", picture(1), seed=12),
     Request("np-1", "Count the balls.", picture(2, (24, 48)), seed=13),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +50,9 @@ def test_understand_is_batch_independent(adapter: JanusAdapter) -> None:
     alone = [adapter.understand([r])[0] for r in REQUESTS]
     assert len(batched) == 3 and all(isinstance(t, str) for t in batched)
     assert batched == alone
+    assert (
+        adapter.understand([]) == [] and adapter.generate([]) == [] and adapter.logprob([], [], "gen") == []
+    )
 
 
 def test_generate_is_seeded_per_request(adapter: JanusAdapter) -> None:
@@ -98,11 +107,11 @@ def test_und_logprob_matches_cached_generation(adapter: JanusAdapter) -> None:
             max_new_tokens=4,
             do_sample=False,
             suppress_tokens=special,
-            output_scores=True,
+            output_logits=True,
             return_dict_in_generate=True,
         )
     new = out.sequences[0, inputs["input_ids"].shape[1] :]
-    expected = sum(torch.log_softmax(s[0], -1)[t].item() for s, t in zip(out.scores, new, strict=True))
+    expected = sum(torch.log_softmax(s[0], -1)[t].item() for s, t in zip(out.logits, new, strict=True))
     answer = tokenizer.decode(new)
     with torch.no_grad():
         got = adapter.logprob([request], [answer], "und")
@@ -182,9 +191,11 @@ def test_nnsight_reads_every_decoder_layer_in_both_directions(adapter: JanusAdap
     n_layers = adapter.module.config.text_config.num_hidden_layers
     for direction in ("und", "gen"):
         inputs = adapter.forward_inputs(REQUESTS, direction)
+        saved: list[torch.Tensor] = []
         with torch.no_grad():
             with traced.trace(**inputs):
-                saved = [nnsight.save(layers_of[i].output) for i in range(n_layers)]
+                for i in range(n_layers):
+                    saved.append(nnsight.save(layers_of[i].output))
             reference = adapter.module.model(**inputs, output_hidden_states=True).hidden_states
         length = inputs["attention_mask"].shape[1]
         assert [tuple(s.shape) for s in saved] == [(3, length, 32)] * n_layers
@@ -209,3 +220,24 @@ def test_generation_doubles_the_batch_with_conditional_rows_first(adapter: Janus
     tokenizer = adapter.processor.tokenizer
     kept = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.boi_token_id}
     assert set(prompt_rows[2:].unique().tolist()) <= kept
+
+
+def test_gapeval_run_on_synth_items_reports_dropped_images(tmp_path) -> None:
+    import json
+
+    from gapeval.cli import main
+    from gapeval.runner import load_records
+    from gapeval.suites import get_suite
+
+    model, processor = tiny_janus(seed=4)
+    model.save_pretrained(tmp_path / "janus")
+    processor.save_pretrained(tmp_path / "janus")
+    out = tmp_path / "run"
+    spec = f"janus:{tmp_path / 'janus'},device=cpu,dtype=float32"
+    args = ["run", "--model", spec, "--suite", "synth:12", "--out", str(out), "--no-progress"]
+    assert main([*args, "--model-arg", "max_new_tokens=4"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    notes = json.loads((out / "summary.json").read_text())["model_notes"]
+    with_image = sorted(item.id for item in get_suite("synth:12").items if item.image is not None)
+    assert len(load_records(out)) == 12 and manifest["model"]["config"]["max_new_tokens"] == 4
+    assert with_image and notes["gen_input_images_dropped_items"] == with_image

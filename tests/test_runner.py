@@ -32,6 +32,7 @@ def small():
 def _run(model, items, out, **kw):
     kw.setdefault("suite_id", "synth-test")
     kw.setdefault("progress", False)
+    kw.setdefault("bootstrap", 20)
     return run(model, items, out, **kw)
 
 
@@ -66,8 +67,8 @@ def test_error_rates_give_expected_accuracies_and_a_larger_gap(suite, tmp_path):
     n = len(records)
     assert abs(_accuracy(records, "und") - 0.9) < 3.5 * math.sqrt(0.09 / n)
     assert abs(_accuracy(records, "gen") - 0.6) < 3.5 * math.sqrt(0.24 / n)
-    gap = json.loads((noisy / "summary.json").read_text())["overall"]["gap"]
-    clean_gap = json.loads((clean / "summary.json").read_text())["overall"]["gap"]
+    gap = json.loads((noisy / "summary.json").read_text())["overall"]["gap_reference"]
+    clean_gap = json.loads((clean / "summary.json").read_text())["overall"]["gap_reference"]
     assert gap > clean_gap
 
 
@@ -187,7 +188,17 @@ def test_sigkill_then_resume_equals_uninterrupted_run(small, tmp_path):
         "--suite",
         "synth:n=40,seed=1",
     ]
-    cmd += ["--out", str(out), "--batch-size", "2", "--no-progress", "--model-arg", "gen_error=0.5"]
+    cmd += [
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--bootstrap",
+        "20",
+        "--model-arg",
+        "gen_error=0.5",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     results = out / RESULTS
     deadline = time.monotonic() + 60

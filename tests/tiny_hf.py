@@ -6,15 +6,19 @@ decodes exactly with a vocabulary of ~260 plus the special tokens each processor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import PreTrainedTokenizerFast
 
-# A cut-down Janus chat template: same roles and layout as the released one, image placeholder before text.
+# A cut-down Janus chat template: the released one's roles and layout, image placeholder before text. The
+# assistant turn starts right after "<|Assistant|>:" so a generated continuation re-tokenizes as itself.
 JANUS_CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}<|User|>: {% else %}<|Assistant|>: {% endif %}"
+    "{% if message['role'] == 'user' %}<|User|>: {% else %}<|Assistant|>:{% endif %}"
     "{% for c in message['content'] %}"
     "{% if c['type'] == 'image' %}<image_placeholder>\n{% else %}{{ c['text'] }}{% endif %}"
     "{% endfor %}"
@@ -32,6 +36,17 @@ EMU3_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
 )
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; on a shared, loaded CPU extra threads only spin (100× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def byte_tokenizer(

@@ -80,7 +80,11 @@ class Emu3Adapter:
             )
 
         self._chat = load(chat_model, chat_processor)
-        same = gen_model is None or gen_model is chat_model
+        same = (
+            gen_model is None
+            or gen_model is chat_model
+            or (isinstance(gen_model, str) and gen_model == chat_model)
+        )
         self._gen = self._chat if same else load(gen_model, gen_processor or chat_processor)
         self._torch = torch
         self.batch_size = batch_size
@@ -103,10 +107,7 @@ class Emu3Adapter:
         return cls(paths[0], paths[-1], **options)
 
     def config(self) -> dict[str, Any]:
-        processor = self._gen.processor
-        height, width = processor.calculate_generate_size(
-            self.ratio, self.image_area, processor.downsample_ratio
-        )
+        height, width = self.image_grid()
         return {
             "adapter": "emu3",
             "chat_path": self._chat.path,
@@ -193,6 +194,8 @@ class Emu3Adapter:
                     negative_prompt_attention_mask=negative["attention_mask"],
                 )
             out.append(ids[:, prompt_length:])
+        if not out:
+            return torch.zeros((0, height * (width + 1) + 3), dtype=torch.long)
         return torch.cat(out)
 
     def image_grid(self) -> tuple[int, int]:

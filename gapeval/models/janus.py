@@ -188,6 +188,8 @@ class JanusAdapter:
                         logits_processor=processors,
                     )
                 )
+        if not out:
+            return torch.zeros((0, self._model.config.vq_config.num_patches**2), dtype=torch.long)
         return torch.cat(out)
 
     # ---- Intervenable ------------------------------------------------------------------------------------

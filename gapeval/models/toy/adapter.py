@@ -157,6 +157,30 @@ class ToyAdapter:
         self.model.eval()
         return [im for chunk in self._chunks(requests) for im in self._generate_batch(chunk)]
 
+    @torch.no_grad()
+    def reference_decode(self, request: Request, direction: str) -> str | Image.Image:
+        """Greedy decoding of one request with no KV cache: re-runs the whole sequence for every token.
+
+        The baseline the batched decoder is checked against (tests) and timed against (benchmarks/).
+        """
+        seq = self.builder.prompt(request.prompt, request.image, direction)
+        prompt_len, n_text = len(seq), len(self.tokenizer)
+        steps = self.max_new_tokens if direction == "und" else N_TOKENS
+        for k in range(steps):
+            batch, _ = self.builder.collate([seq])
+            h = self.model(batch)[:, -1]
+            if direction == "und":
+                tok = int((self.model.text_logits(h) + self._text_bias).argmax(-1))
+                if tok == self.tokenizer.eos_id:
+                    break
+                seq.push(tok, cell=int(self._token_cells[tok]))
+            else:
+                code = int(self.model.image_logits(h).argmax(-1))
+                seq.push(n_text + code, cell=k + 1, next_cell=k + 2 if k < N_TOKENS - 1 else 0)
+        if direction == "und":
+            return self.tokenizer.decode(seq.ids[prompt_len:])
+        return self.codec.decode([i - n_text for i in seq.ids[-N_TOKENS:]])
+
     # --- intervention extensions -----------------------------------------------------------------------------
 
     @property

@@ -36,6 +36,7 @@ class TrainConfig:
     n_layers: int = 4
     n_heads: int = 4
     codebook_size: int = 64
+    codec_images: int = 600
     threads: int = 2
     # Fractions of training at which to keep a checkpoint (the emergence study reads these).
     save_at: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
@@ -54,7 +55,8 @@ class TrainConfig:
             warmup=5,
             save_at=[0.5, 1.0],
             log_every=10,
-            codebook_size=64,
+            codec_images=200,
+            threads=1,
         )
 
 
@@ -105,7 +107,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     random.seed(cfg.seed)
     world = World(cfg.world_seed)
     tokenizer = TextTokenizer.build(vocabulary_texts(world))
-    codec = ImageCodec.fit(k=cfg.codebook_size, seed=cfg.seed)
+    codec = ImageCodec.fit(k=cfg.codebook_size, n_images=cfg.codec_images, seed=cfg.seed)
     model_cfg = ToyConfig(
         variant=cfg.variant,
         n_text=len(tokenizer),

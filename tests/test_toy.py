@@ -1,0 +1,189 @@
+"""The built-in UMM: codec, tokenizer, training machinery, checkpoints, decoding and intervention extensions."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import nnsight
+import peft
+import pytest
+import torch
+from nnsight import NNsight
+
+from gapeval.judges.image import SynthImageJudge
+from gapeval.models.base import Intervenable, Request
+from gapeval.models.toy.adapter import ToyAdapter
+from gapeval.models.toy.checkpoint import CheckpointError, load_checkpoint
+from gapeval.models.toy.codec import ImageCodec
+from gapeval.models.toy.data import MixtureSampler, suite_keys, vocabulary_texts
+from gapeval.models.toy.tokenizer import TextTokenizer
+from gapeval.models.toy.train import TrainConfig, train
+from gapeval.synth import World, build_suite, item_key, render
+from gapeval.synth.world import read_cell
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return build_suite()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    final = train(TrainConfig.quick("shared"), out / "shared", progress=False)
+    return out, final
+
+
+def test_codec_round_trip_keeps_judge_verdicts(suite):
+    codec = ImageCodec.fit(k=64, n_images=300, seed=1)
+    judge = SynthImageJudge()
+    passed = sum(judge.judge(it, codec.decode(codec.encode(it.reference_image))).correct for it in suite)
+    assert passed / len(suite) >= 0.99
+    # Pure codebook: every code decodes to one readable cell (an object or empty, framed or not).
+    for patch in codec.codebook:
+        assert read_cell((patch.reshape(10, 10, 3) * 255).round().astype("uint8")).problem is None
+
+
+def test_codec_encoding_ignores_jitter(suite):
+    codec = ImageCodec.fit(k=64, n_images=300, seed=1)
+    item = suite[0]
+    scene = World(0).realms[0].emblem_scene
+    codes = {tuple(codec.encode(render(scene, random.Random(k)))) for k in range(20)}
+    assert len(codes) == 1
+    with pytest.raises(ValueError, match="expected 16 codes"):
+        codec.decode([0] * 15)
+    assert item.reference_image is not None
+
+
+def test_tokenizer_covers_the_suite(suite):
+    tok = TextTokenizer.build(vocabulary_texts(World(0)))
+    for it in suite:
+        for text in (it.und_prompt, it.gen_prompt, *it.reference):
+            ids = tok.encode(text)
+            assert tok.unk_id not in ids, text
+            assert tok.decode(ids).replace(" ", "") == text.lower().replace(" ", "")
+    assert tok.cell_of(tok.index["r2c3"]) == 11 and tok.cell_of(tok.index["red"]) is None
+
+
+def test_training_data_is_disjoint_from_the_suite(suite):
+    keys = suite_keys()
+    assert keys == {item_key(it) for it in suite}
+    sampler = MixtureSampler(World(0), seed=5, suite_keys=keys)
+    prompts = {(it.und_prompt, it.image.tobytes() if it.image else None) for it in suite}
+    prompts |= {(it.gen_prompt, it.image.tobytes() if it.image else None) for it in suite}
+    for _ in range(3000):
+        ex = sampler.sample(1.0)
+        assert (ex.prompt, ex.image.tobytes() if ex.image else None) not in prompts
+    # Emblems are drawn in training only for the realms the world marks as pictured.
+    world = World(0)
+    drawn = {ex.prompt for ex in (sampler.sample(1.0) for _ in range(3000)) if ex.task == "picture"}
+    unpictured = [r for r in world.realms if not r.pictured]
+    assert drawn and not any(r.name in p or r.founder in p for p in drawn for r in unpictured)
+
+
+def test_quick_training_writes_checkpoints_and_logs(quick_run):
+    out, final = quick_run
+    run = out / "shared"
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-000015", "step-000030"]
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 30 and "loss_und" in rows[-1] and "loss_gen" in rows[-1]
+    meta = json.loads((final / "config.json").read_text())
+    assert set(meta["val_loss"]) == {"und", "gen"}
+    assert rows[0]["loss_gen"] > meta["val_loss"]["gen"]  # it learns something even in 30 steps
+
+
+def test_retraining_with_the_same_seed_reproduces_losses(quick_run, tmp_path):
+    _, final = quick_run
+    again = train(TrainConfig.quick("shared"), tmp_path / "again", progress=False)
+    first = json.loads((final / "config.json").read_text())["val_loss"]
+    second = json.loads((again / "config.json").read_text())["val_loss"]
+    assert {k: round(v, 3) for k, v in first.items()} == {k: round(v, 3) for k, v in second.items()}
+
+
+def test_decoupled_variant_trains_and_decodes(tmp_path, suite):
+    final = train(TrainConfig.quick("decoupled"), tmp_path / "dec", progress=False)
+    adapter = ToyAdapter(final)
+    assert hasattr(adapter.module, "und_encoder") and hasattr(adapter.module, "gen_head")
+    items = suite[:3] + suite[-3:]
+    texts = adapter.understand([Request(i.id, i.und_prompt, i.image) for i in items])
+    images = adapter.generate([Request(i.id, i.gen_prompt, i.image) for i in items])
+    assert len(texts) == len(images) == 6 and all(im.size == (40, 40) for im in images)
+
+
+def test_kv_cache_decoding_matches_reference_decoding(quick_run, suite):
+    adapter = ToyAdapter(quick_run[1], batch_size=4)
+    items = suite[::53]
+    for direction in ("und", "gen"):
+        requests = [Request(i.id, i.prompt(direction), i.image) for i in items]
+        batched = adapter.understand(requests) if direction == "und" else adapter.generate(requests)
+        for req, out in zip(requests, batched, strict=True):
+            ref = adapter.reference_decode(req, direction)
+            assert (ref == out) if direction == "und" else (ref.tobytes() == out.tobytes())
+
+
+def test_sampling_is_seeded_per_request(quick_run, suite):
+    adapter = ToyAdapter(quick_run[1], temperature=1.0)
+    reqs = [Request(i.id, i.gen_prompt, i.image, seed=7) for i in suite[:4]]
+    first = [im.tobytes() for im in adapter.generate(reqs)]
+    assert first == [im.tobytes() for im in adapter.generate(reqs)]
+    reseeded = [Request(r.item_id, r.prompt, r.image, seed=8) for r in reqs]
+    assert first != [im.tobytes() for im in adapter.generate(reseeded)]
+
+
+def test_corrupt_or_mismatched_checkpoints_fail_clearly(quick_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(quick_run[1], bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt safetensors"):
+        load_checkpoint(bad)
+    shutil.rmtree(bad)
+    shutil.copytree(quick_run[1], bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["model"]["d_model"] = 64
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="tokenizer|shape"):
+        load_checkpoint(bad)
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="missing tokenizer.json"):
+        load_checkpoint(bad)
+
+
+def test_intervention_extensions(quick_run, suite):
+    adapter = ToyAdapter(quick_run[1])
+    assert isinstance(adapter, Intervenable)
+    item = suite[0]
+    req = Request(item.id, item.und_prompt, item.image)
+    gen_req = Request(item.id, item.gen_prompt, item.image)
+    with torch.no_grad():
+        und = adapter.logprob([req], [item.reference[0]], "und")[0]
+        gen = adapter.logprob([gen_req], [item.reference_image], "gen")[0]
+    assert und < 0 and gen < 0
+    # Span positions point at the span's tokens in the sequence the model sees.
+    pos = adapter.span_positions(req, "every", "und")
+    seq = adapter.builder.prompt(req.prompt, req.image, "und")
+    assert [adapter.tokenizer.vocab[seq.ids[p]] for p in pos] == ["every"] if "every" in req.prompt else pos
+    with pytest.raises(ValueError, match="not found"):
+        adapter.span_positions(req, "zebra", "und")
+    # nnsight reads every decoder layer's output in both directions.
+    traced = NNsight(adapter.module)
+    for direction, request in (("und", req), ("gen", gen_req)):
+        batch, _ = adapter.builder.collate([adapter.builder.prompt(request.prompt, request.image, direction)])
+        outs = []
+        with torch.no_grad(), traced.trace(batch):
+            for layer in traced.layers:
+                outs.append(nnsight.save(layer.output))
+        assert len(outs) == len(adapter.module.layers)
+        assert all(o.shape == (1, batch.ids.shape[1], adapter.module.config.d_model) for o in outs)
+    # A peft LoRA adapter on the declared targets changes the log-probs; disabling it restores them.
+    model = peft.get_peft_model(
+        adapter.module, peft.LoraConfig(r=2, target_modules=adapter.lora_targets, init_lora_weights=False)
+    )
+    with torch.no_grad():
+        changed = adapter.logprob([req], [item.reference[0]], "und")[0]
+        with model.disable_adapter():
+            restored = adapter.logprob([req], [item.reference[0]], "und")[0]
+    assert changed != pytest.approx(und) and restored == pytest.approx(und)
