@@ -46,7 +46,9 @@ def decode_flops(adapter, requests: list[Request], direction: str, outputs) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="shared")
     parser.add_argument("--items", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
@@ -54,7 +56,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     adapter = load_toy(args.model, batch_size=args.items)
     items = build_suite()[:: max(1, 420 // args.items)][: args.items]
-    print(f"model {adapter.name} ({adapter.checkpoint}), {len(items)} items x 2 directions, {args.threads} threads")
+    print(
+        f"model {adapter.name} ({adapter.checkpoint}), {len(items)} items x 2 directions, {args.threads} threads"
+    )
     peak = matmul_peak(args.threads)
     print(f"fp32 matmul peak here: {peak / 1e9:.1f} GFLOP/s")
     for direction in ("und", "gen"):
@@ -68,7 +72,8 @@ def main() -> None:
         naive = [adapter.reference_decode(r, direction) for r in reqs]
         t_naive = time.perf_counter() - t
         same = all(
-            (a == b) if direction == "und" else a.tobytes() == b.tobytes() for a, b in zip(batched, naive, strict=True)
+            (a == b) if direction == "und" else a.tobytes() == b.tobytes()
+            for a, b in zip(batched, naive, strict=True)
         )
         flops = decode_flops(adapter, reqs, direction, batched)
         print(

@@ -73,7 +73,11 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="adapter keyword argument, repeatable (e.g. und_error=0.1, device_map=auto)",
     )
-    p.add_argument("--limit", type=int, help="evaluate only the first N items of the suite")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate only the first N items in suite order (synth:N is a smaller suite with every category)",
+    )
     p.add_argument("--edit", help="name of the knowledge edit or adapter applied to the model (recorded)")
     p.add_argument(
         "--bootstrap",
@@ -97,7 +101,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.limit < 1:
             raise ValueError(f"--limit must be positive, got {args.limit}")
         items, suite_id = items[: args.limit], f"{suite.id}[:{args.limit}]"
-    model = load_model(args.model, items, **parse_model_args(args.model_arg))
+    model_args = parse_model_args(args.model_arg)
+    if processes.world > 1 and model_args.get("device_map"):
+        raise ValueError(
+            "device_map spreads one model over every visible GPU, but under a launcher each process already has "
+            "its own GPU: use device_map in a single process, or accelerate launch without it"
+        )
+    model = load_model(args.model, items, **model_args)
     out = run(
         model,
         items,
@@ -188,7 +198,40 @@ register(
 register(Command("report", "write report.md and the chart of a run directory", _report_arguments, _report))
 register(Command("compare", "side-by-side table of several runs", _compare_arguments, _compare))
 register(Command("suite", "suite utilities (export)", _suite_arguments, _suite))
-# The lead appends `train-toy` here with register(Command("train-toy", ...)).
+
+
+def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
+    from gapeval.models.toy.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "--variant", choices=("shared", "decoupled"), default="shared", help="model family to train"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: runs/toy-VARIANT)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=d.steps,
+        help=f"optimiser steps (default: {d.steps}; ignored with --quick)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default: {d.seed})")
+    p.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default: {d.threads})")
+    p.add_argument("--quick", action="store_true", help="a tiny model in seconds (for tests, not accuracy)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _train_toy(args: argparse.Namespace) -> int:
+    from gapeval.models.toy.train import TrainConfig, train
+
+    cfg = (
+        TrainConfig.quick(args.variant) if args.quick else TrainConfig(variant=args.variant, steps=args.steps)
+    )
+    cfg.seed, cfg.threads = args.seed, args.threads
+    print(train(cfg, args.out or Path("runs") / f"toy-{args.variant}", progress=not args.no_progress))
+    return 0
+
+
+register(Command("train-toy", "train the built-in UMM on the synth world", _train_toy_arguments, _train_toy))
 
 
 # --- entry point -----------------------------------------------------------------------------------------

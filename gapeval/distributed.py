@@ -1,9 +1,14 @@
 """Which process this is when a run is scaled out with ``accelerate launch`` (or ``torchrun``).
 
+    accelerate launch --num_processes 4 -m gapeval run --model janus:PATH --suite synth --out runs/X
+    accelerate launch --multi_gpu --num_processes 2 -m gapeval run ...   # CPU-only machine (gloo)
+    torchrun --nproc_per_node 2 -m gapeval run ...                        # the same without accelerate
+
 The runner only needs a rank, a world size and a barrier: each rank evaluates its share of the items into its
 own shard file and rank 0 merges them in suite order, so no results travel through collectives. On a machine
 without CUDA the process group uses gloo (accelerate needs ``cpu=True`` for that); with CUDA, accelerate pins
-each process to GPU ``LOCAL_RANK`` so adapters that ask for ``"cuda"`` land on their own device.
+each process to GPU ``LOCAL_RANK`` so adapters that ask for ``"cuda"`` land on their own device. A model too
+large for one GPU runs in a single process with ``--model-arg device_map=auto`` instead.
 """
 
 from __future__ import annotations

@@ -18,15 +18,16 @@ JOINT_LABELS = {"p11": "both right", "p10": "und only", "p01": "gen only", "p00"
 JOINT_COLOURS = {"p11": "#2b8a3e", "p10": "#1c7ed6", "p01": "#f08c00", "p00": "#c92a2a"}
 
 
-def load_summary(run_dir: Path) -> tuple[dict[str, Any], bool]:
-    """(summary, complete): the run's summary.json, or one computed from the results so far."""
+def load_summary(run_dir: Path, bootstrap: int = 1000) -> tuple[dict[str, Any], bool]:
+    """(summary, complete): the run's summary.json, or one computed from the results so far (with
+    ``bootstrap`` resamples for its intervals)."""
     path = run_dir / "summary.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8")), True
     from gapeval.runner import load_records
     from gapeval.score import summarize
 
-    return summarize(load_records(run_dir)), False
+    return summarize(load_records(run_dir), bootstrap=bootstrap), False
 
 
 def rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -78,10 +79,13 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` and ``report.png`` into the run directory; return the markdown path."""
+def write_report(run_dir: str | Path, bootstrap: int = 1000) -> Path:
+    """Write ``report.md`` and ``report.png`` into the run directory; return the markdown path.
+
+    ``bootstrap`` only matters for an unfinished run, whose summary is computed here and not saved.
+    """
     run_dir = Path(run_dir)
-    summary, complete = load_summary(run_dir)
+    summary, complete = load_summary(run_dir, bootstrap)
     manifest_path = run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
     plot_run(summary, run_dir / "report.png", title=_label(run_dir, manifest))
@@ -117,9 +121,10 @@ def write_report(run_dir: str | Path) -> Path:
     return path
 
 
-def _label(run_dir: Path, manifest: dict[str, Any]) -> str:
+def _label(run_dir: Path, manifest: dict[str, Any], full: bool = False) -> str:
+    where = str(run_dir) if full else run_dir.name
     name = manifest.get("model", {}).get("name")
-    return f"{run_dir.name} ({name})" if name else run_dir.name
+    return f"{where} ({name})" if name else where
 
 
 def _figure(ncols: int, width: float):
@@ -164,14 +169,17 @@ def plot_run(summary: dict[str, Any], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def compare(run_dirs: Sequence[str | Path], png_path: str | Path | None = None) -> str:
+def compare(run_dirs: Sequence[str | Path], png_path: str | Path | None = None, bootstrap: int = 1000) -> str:
     """Markdown table of und acc, gen acc and Gap Score per category, one column group per run (+ chart)."""
+    paths = [Path(p) for p in run_dirs]
+    by_name = len({p.name for p in paths}) == len(paths)  # else label runs by their full path
     runs = []
-    for run_dir in map(Path, run_dirs):
+    for run_dir in paths:
         manifest_path = run_dir / "manifest.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
-        summary, complete = load_summary(run_dir)
-        runs.append((_label(run_dir, manifest) + ("" if complete else " [partial]"), dict(rows(summary))))
+        summary, complete = load_summary(run_dir, bootstrap)
+        label = _label(run_dir, manifest, full=not by_name)
+        runs.append((label + ("" if complete else " [partial]"), dict(rows(summary))))
     names = [c for c in CATEGORIES if any(c in r for _, r in runs)] + ["overall"]
     head = ["category"] + [f"{label}: {m}" for label, _ in runs for m in ("und", "gen", "Gap")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ MANIFEST, RESULTS, SUMMARY, IMAGES, SHARDS = (
     "shards",
 )
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
+JUDGE_THREADS = 8  # verdicts judged at once per batch (a VLM judge also enforces its own concurrency limit)
 
 
 class ResultsError(ValueError):
@@ -183,50 +185,67 @@ def _ask(
 def evaluate_batch(
     model: UMM, batch: Sequence[Item], *, seed: int, judges: JudgePlan, images_dir: Path
 ) -> list[dict[str, Any]]:
-    """Ask, judge and save one batch of items; return their results records (not yet committed)."""
+    """Ask, save and judge one batch of items; return their results records (not yet committed).
+
+    Verdicts are computed concurrently (a VLM judge waits on the network; rule judges do not mind), each
+    independently of the others, so the records do not depend on the thread schedule.
+    """
 
     def requests(direction: str) -> list[Request]:
         return [Request(i.id, i.prompt(direction), i.image, item_seed(seed, i.id)) for i in batch]
 
-    texts = _ask(model.understand, requests("und"), str)
-    images = _ask(model.generate, requests("gen"), Image.Image)
+    answers = {
+        "und": _ask(model.understand, requests("und"), str),
+        "gen": [
+            _saved(item, answer, images_dir)
+            for item, answer in zip(batch, _ask(model.generate, requests("gen"), Image.Image), strict=True)
+        ],
+    }
+
+    def judged(key: tuple[str, int]) -> Verdict:
+        direction, k = key
+        return _verdict(judges.judge(batch[k], direction), batch[k], answers[direction][k][0])
+
+    keys = [(d, k) for d in DIRECTIONS for k in range(len(batch)) if answers[d][k][1] is None]
+    with ThreadPoolExecutor(max_workers=JUDGE_THREADS) as pool:
+        verdicts = dict(zip(keys, pool.map(judged, keys), strict=True))
+
+    def fields(direction: str, k: int) -> dict[str, Any]:
+        verdict = verdicts.get((direction, k))
+        if verdict is None:
+            return {"correct": None, "judge": None, "reason": "", "error": answers[direction][k][1]}
+        return {
+            "correct": verdict.correct,
+            "judge": verdict.judge,
+            "reason": verdict.reason,
+            "error": verdict.error,
+        }
+
     records = []
-    for item, (text, und_error), (image, gen_error) in zip(batch, texts, images, strict=True):
-        und: dict[str, Any] = {"output": text}
-        if und_error is None:
-            und |= _fields(_verdict(judges.judge(item, "und"), item, text))
-        else:
-            und |= {"correct": None, "judge": None, "reason": "", "error": und_error}
-        gen: dict[str, Any] = {"image": None}
-        if gen_error is None:
-            name = image_name(item.id)
-            try:
-                save_image(image, images_dir / name)
-            except (OSError, ValueError) as exc:
-                gen_error = f"model: image cannot be saved as PNG: {exc}"
-        if gen_error is None:
-            gen = {"image": f"{IMAGES}/{name}"} | _fields(_verdict(judges.judge(item, "gen"), item, image))
-        else:
-            gen |= {"correct": None, "judge": None, "reason": "", "error": gen_error}
+    for k, item in enumerate(batch):
+        image_path = f"{IMAGES}/{image_name(item.id)}" if answers["gen"][k][1] is None else None
         records.append(
             {
                 "id": item.id,
                 "category": item.category,
                 "subcategory": item.subcategory,
-                "und": und,
-                "gen": gen,
+                "und": {"output": answers["und"][k][0], **fields("und", k)},
+                "gen": {"image": image_path, **fields("gen", k)},
             }
         )
     return records
 
 
-def _fields(verdict: Verdict) -> dict[str, Any]:
-    return {
-        "correct": verdict.correct,
-        "judge": verdict.judge,
-        "reason": verdict.reason,
-        "error": verdict.error,
-    }
+def _saved(item: Item, answer: tuple[Any, str | None], images_dir: Path) -> tuple[Any, str | None]:
+    """Write an answer image to the run's images/ before judging; an unsaveable image is a model error."""
+    image, error = answer
+    if error is not None:
+        return answer
+    try:
+        save_image(image, images_dir / image_name(item.id))
+    except (OSError, ValueError) as exc:
+        return None, f"model: image cannot be saved as PNG: {exc}"
+    return answer
 
 
 def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
@@ -260,6 +279,8 @@ def run(
     from gapeval.io import suite_hash
 
     items = list(items)
+    if not items:
+        raise ValueError("the suite has no items")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     _check_unique(items)

@@ -27,12 +27,8 @@ class Suite:
 def parse_synth(args: str) -> dict[str, int]:
     """``""``, ``"N"`` or ``"n=N,seed=S"`` → keyword arguments of ``build_suite``."""
     params = dict(SYNTH_DEFAULTS)
-    if not args:
-        return params
-    if args.isdigit():
-        params["n"] = int(args)
-        return params
-    for part in args.split(","):
+    parts = [f"n={args}"] if args.isdigit() else [p for p in args.split(",") if p]
+    for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key.strip() not in params or not value.strip().lstrip("-").isdigit():
             raise ValueError(f"bad synth suite argument {part!r}: expected synth:N or synth:n=N,seed=S")

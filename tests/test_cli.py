@@ -161,7 +161,7 @@ def test_user_errors_are_one_line_with_exit_code_2(argv, message, tmp_path, monk
 
 def test_mismatched_run_directory_is_refused(runs, capsys):
     argv = ["run", "--model", "oracle", "--suite", "synth:40", "--out", str(runs / "clean"), "--seed", "3"]
-    assert main([*argv, "--no-progress", "--bootstrap", "20"]) == 2
+    assert main([*argv, "--no-progress", "--bootstrap", "5"]) == 2
     assert "holds a different run" in capsys.readouterr().err
 
 
@@ -202,3 +202,47 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "gapeval", "--help"], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 0 and "compare" in done.stdout and "run" in done.stdout
+
+
+CAPTURE_MODEL = """
+from gapeval.models.oracle import OracleAdapter
+from gapeval.synth.suite import build_suite
+
+SEEN = {}
+
+
+def make(**kwargs):
+    SEEN.update(kwargs)
+    return OracleAdapter(build_suite(40))
+"""
+
+
+def test_plugin_models_get_model_args_unchanged(tmp_path, monkeypatch):
+    from gapeval.models.registry import load_model
+
+    (tmp_path / "capture_model.py").write_text(CAPTURE_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = load_model("py:capture_model:make", [], **parse_model_args(["device_map=auto", "dtype=bfloat16"]))
+    assert model.name == "oracle"
+    assert sys.modules["capture_model"].SEEN == {"device_map": "auto", "dtype": "bfloat16"}
+    with pytest.raises(ValueError, match="unknown model 'janus'"):
+        load_model("janus", [])
+
+
+def test_device_map_is_refused_under_a_launcher(tmp_path, monkeypatch, capsys):
+    from gapeval import distributed
+
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Processes(rank=0, world=2))
+    argv = [
+        "run",
+        "--model",
+        "oracle",
+        "--suite",
+        "synth:8",
+        "--out",
+        str(tmp_path / "x"),
+        "--model-arg",
+        "device_map=auto",
+    ]
+    assert main(argv) == 2
+    assert "device_map" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -27,7 +27,7 @@ def small():
 def reference(small, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "run"
     return run(
-        OracleAdapter(small, **ORACLE), small, out, suite_id="s", batch_size=4, progress=False, bootstrap=20
+        OracleAdapter(small, **ORACLE), small, out, suite_id="s", batch_size=4, progress=False, bootstrap=5
     )
 
 
@@ -46,7 +46,7 @@ def _threads(small, out, world, model_factory=lambda items: OracleAdapter(items,
                 suite_id="s",
                 batch_size=4,
                 progress=False,
-                bootstrap=20,
+                bootstrap=5,
                 processes=procs,
             )
         except BaseException as exc:  # surfaced below
@@ -105,7 +105,7 @@ def test_killed_sharded_run_resumes_with_other_world_size(small, reference, tmp_
     assert (out / RESULTS).read_bytes() == (reference / RESULTS).read_bytes()
     (out / "summary.json").unlink()
     run(
-        OracleAdapter(small, **ORACLE), small, out, suite_id="s", batch_size=4, progress=False, bootstrap=20
+        OracleAdapter(small, **ORACLE), small, out, suite_id="s", batch_size=4, progress=False, bootstrap=5
     )  # nothing pending
     assert (out / RESULTS).read_bytes() == (reference / RESULTS).read_bytes()
 

@@ -74,6 +74,7 @@ class OracleAdapter:
         self.und_error, self.gen_error = float(und_error), float(gen_error)
         self.correlation, self.seed = float(correlation), int(seed)
         self.both_error = joint_error_probability(self.und_error, self.gen_error, self.correlation)
+        self._digests: dict[str, str] = {}
 
     def config(self) -> dict[str, Any]:
         return {
@@ -126,12 +127,27 @@ class OracleAdapter:
     def _answer_image(self, item: Item) -> Image.Image:
         if not self.errors(item.id)[1]:
             return item.reference_image.copy()
-        candidates = [other for other in self.by_category[item.category] if _gen_differs(other, item)]
+        candidates = [other for other in self.by_category[item.category] if self._gen_differs(other, item)]
         if candidates:
             return self._wrong_rng(item, "gen").choice(candidates).reference_image.copy()
         if item.image is not None:
             return item.image.copy()
         return Image.new("RGB", item.reference_image.size, "white")
+
+    def _gen_differs(self, other: Item, item: Item) -> bool:
+        """Would a judge reject ``other``'s reference image as an answer to ``item``?"""
+        if other.id == item.id:
+            return False
+        if _spec(item, "gen") is not None and _spec(other, "gen") is not None:
+            return _specs_differ(other, item, "gen")
+        return self._pixels(other) != self._pixels(item)
+
+    def _pixels(self, item: Item) -> str:
+        """Digest of a reference image's size and RGB pixels, computed once per item."""
+        if item.id not in self._digests:
+            image = item.reference_image.convert("RGB")
+            self._digests[item.id] = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
+        return self._digests[item.id]
 
 
 def _spec(item: Item, direction: str) -> Any:
@@ -142,13 +158,3 @@ def _specs_differ(other: Item, item: Item, direction: str) -> bool:
     """True when the specs differ, or when either item has none (then only the answers themselves can tell)."""
     a, b = _spec(other, direction), _spec(item, direction)
     return a is None or b is None or a != b
-
-
-def _gen_differs(other: Item, item: Item) -> bool:
-    """Would a judge reject ``other``'s reference image as an answer to ``item``?"""
-    if other.id == item.id:
-        return False
-    if _spec(item, "gen") is not None and _spec(other, "gen") is not None:
-        return _specs_differ(other, item, "gen")
-    a, b = other.reference_image, item.reference_image
-    return a.size != b.size or a.convert("RGB").tobytes() != b.convert("RGB").tobytes()

@@ -181,9 +181,9 @@ MIXTURE: list[tuple[str, Callable, float, float]] = [
     ("mark", mark, 0.7, 0.0),
     ("fact", realm_fact, 1.2, 0.0),
     ("picture", realm_picture, 0.6, 0.0),
-    ("instruction_following", _category("instruction_following"), 1.2, 0.3),
-    ("numerical_perception", _category("numerical_perception"), 1.0, 0.3),
-    ("reasoning", _category("reasoning"), 1.6, 0.3),
+    ("instruction_following", _category("instruction_following"), 1.5, 0.3),
+    ("numerical_perception", _category("numerical_perception"), 1.3, 0.3),
+    ("reasoning", _category("reasoning"), 2.4, 0.3),
 ]
 CATEGORY_TASKS = {"instruction_following", "numerical_perception", "reasoning"}
 

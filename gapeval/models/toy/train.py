@@ -25,7 +25,7 @@ from gapeval.synth.world import World
 @dataclass
 class TrainConfig:
     variant: str = "shared"
-    steps: int = 12000
+    steps: int = 16000
     batch_size: int = 32
     lr: float = 3e-3
     warmup: int = 300
@@ -37,9 +37,9 @@ class TrainConfig:
     n_heads: int = 4
     codebook_size: int = 64
     codec_images: int = 600
-    threads: int = 2
+    threads: int = 1  # one core per variant: both variants train side by side on a 2-core machine
     # Fractions of training at which to keep a checkpoint (the emergence study reads these).
-    save_at: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    save_at: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 0.75, 1.0])
     log_every: int = 100
 
     @classmethod
