@@ -183,11 +183,17 @@ def read_cell(patch: np.ndarray) -> CellReading:
 
 
 def to_grid_array(image: Image.Image) -> np.ndarray:
-    """RGB uint8 array at the world's resolution (other sizes are box-resampled, e.g. from a real UMM)."""
-    image = image.convert("RGB")
-    if image.size != (SIZE, SIZE):
-        image = image.resize((SIZE, SIZE), Image.Resampling.BOX)
-    return np.asarray(image, np.uint8)
+    """RGB uint8 array at the world's resolution.
+
+    Larger pictures (a real UMM's output, or a smoothly resized one) are read at the centre of each world
+    pixel: averaging whole blocks would blend shape edges with the background into off-palette colours.
+    """
+    arr = np.asarray(image.convert("RGB"), np.uint8)
+    if arr.shape[:2] == (SIZE, SIZE):
+        return arr
+    ys = ((np.arange(SIZE) + 0.5) * arr.shape[0] / SIZE).astype(int)
+    xs = ((np.arange(SIZE) + 0.5) * arr.shape[1] / SIZE).astype(int)
+    return arr[ys][:, xs]
 
 
 @dataclass
