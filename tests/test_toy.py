@@ -113,6 +113,9 @@ def test_decoupled_variant_trains_and_decodes(tmp_path, suite):
 
 def test_kv_cache_decoding_matches_reference_decoding(quick_run, suite):
     adapter = ToyAdapter(quick_run[1], batch_size=4)
+    # Generated cell words get the same cell embedding as in training (r0c0 is cell 0, stored as 1).
+    assert adapter._token_cells[adapter.tokenizer.index["r0c0"]] == 1
+    assert adapter._token_cells[adapter.tokenizer.index["red"]] == 0
     items = suite[::53]
     for direction in ("und", "gen"):
         requests = [Request(i.id, i.prompt(direction), i.image) for i in items]

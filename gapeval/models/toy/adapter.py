@@ -63,7 +63,8 @@ class ToyAdapter:
         banned = [self.tokenizer.index[s] for s in SPECIALS if s != "<eos>"]
         self._text_bias = torch.zeros(n_text)
         self._text_bias[banned] = float("-inf")
-        self._token_cells = torch.tensor([(self.tokenizer.cell_of(i) or -1) + 1 for i in range(n_text)])
+        cells = [self.tokenizer.cell_of(i) for i in range(n_text)]
+        self._token_cells = torch.tensor([0 if c is None else c + 1 for c in cells])
 
     @classmethod
     def from_spec(cls, spec: str = "", **kwargs) -> ToyAdapter:
