@@ -56,8 +56,7 @@ def build_item(file: str, **fields: Any) -> Item:
     try:
         return Item(**fields)
     except ItemError as err:
-        located = str(ItemError("", item=err.item, field=err.field))
-        raise ItemError(str(err).removesuffix(located), file=file, item=err.item, field=err.field) from None
+        raise ItemError(err.reason, file=file, item=err.item, field=err.field) from None
 
 
 def _json_problem(value: Any, path: str) -> str | None:

@@ -21,7 +21,7 @@ class ItemError(ValueError):
             f"{k}={v}" for k, v in (("file", file), ("item", item), ("field", field)) if v is not None
         )
         super().__init__(f"{message} ({where})" if where else message)
-        self.file, self.item, self.field = file, item, field
+        self.reason, self.file, self.item, self.field = message, file, item, field
 
 
 @dataclass
