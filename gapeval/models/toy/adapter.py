@@ -112,14 +112,18 @@ class ToyAdapter:
         h = self.model(batch, cache)[:, -1]
         gens, eos = self._generators(requests), self.tokenizer.eos_id
         out = torch.full((len(requests), self.max_new_tokens), eos)
-        done = torch.zeros(len(requests), dtype=torch.bool)
+        rows = torch.arange(len(requests))  # rows still decoding; finished ones leave the batch and cache
         for step in range(self.max_new_tokens):
             tok = self._pick(self.model.text_logits(h) + self._text_bias, gens)
-            tok = torch.where(done, eos, tok)
-            out[:, step] = tok
-            done |= tok == eos
-            if done.all():
-                break
+            out[rows, step] = tok
+            going = tok != eos
+            if not going.all():
+                if not going.any():
+                    break
+                rows, tok = rows[going], tok[going]
+                gens = [g for g, keep in zip(gens, going.tolist(), strict=True) if keep] if gens else None
+                for key, value in cache.items():
+                    cache[key] = value[going] if key == "attn" else (value[0][going], value[1][going])
             h = self.model(self._step(tok, self._token_cells[tok], torch.zeros_like(tok)), cache)[:, -1]
         texts = []
         for row in out.tolist():
