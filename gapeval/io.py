@@ -26,6 +26,7 @@ IMAGES_DIR = "images"
 REQUIRED_FIELDS = ("id", "category", "und_prompt", "gen_prompt")
 OPTIONAL_FIELDS = ("subcategory", "reference", "image", "reference_image", "spec", "meta")
 IMAGE_FIELDS = ("image", "reference_image")
+DATA_FIELDS = ("id", "category", "subcategory", "und_prompt", "gen_prompt", "reference", "spec", "meta")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -57,6 +58,11 @@ def build_item(file: str, **fields: Any) -> Item:
         return Item(**fields)
     except ItemError as err:
         raise ItemError(err.reason, file=file, item=err.item, field=err.field) from None
+
+
+def _data_fields(item: Item) -> dict[str, Any]:
+    """Every Item field except the images, as plain JSON data (the images are stored or hashed apart)."""
+    return {name: getattr(item, name) for name in DATA_FIELDS}
 
 
 def _json_problem(value: Any, path: str) -> str | None:
@@ -115,14 +121,7 @@ def save_items(items: Iterable[Item], folder: str | Path) -> Path:
     names = _image_names(item.id for item in items)
     lines = []
     for item in items:
-        record: dict[str, Any] = {
-            "id": item.id,
-            "category": item.category,
-            "subcategory": item.subcategory,
-            "und_prompt": item.und_prompt,
-            "gen_prompt": item.gen_prompt,
-            "reference": item.reference,
-        }
+        record = _data_fields(item)
         for field in IMAGE_FIELDS:
             image = getattr(item, field)
             record[field] = None
@@ -130,8 +129,6 @@ def save_items(items: Iterable[Item], folder: str | Path) -> Path:
                 relative = f"{IMAGES_DIR}/{names[item.id, field]}"
                 to_rgb(image).save(folder / relative, format="PNG")
                 record[field] = relative
-        record["spec"] = item.spec
-        record["meta"] = item.meta
         lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
     partial = target.with_name(target.name + ".partial")
     partial.write_text("".join(lines), encoding="utf-8")
@@ -226,17 +223,7 @@ def suite_hash(items: Iterable[Item]) -> str:
     """
     lines = []
     for item in sorted(items, key=lambda it: it.id):
-        fields = {
-            "id": item.id,
-            "category": item.category,
-            "subcategory": item.subcategory,
-            "und_prompt": item.und_prompt,
-            "gen_prompt": item.gen_prompt,
-            "reference": item.reference,
-            "spec": item.spec,
-            "meta": item.meta,
-            **{field: _image_digest(getattr(item, field)) for field in IMAGE_FIELDS},
-        }
+        fields = _data_fields(item) | {field: _image_digest(getattr(item, field)) for field in IMAGE_FIELDS}
         lines.append(
             _canonical_json({k: _canonical_json(v, item.id, k) for k, v in fields.items()}, item.id, "id")
         )
