@@ -107,7 +107,7 @@ def _prepare(model: str, rows: Rows) -> _Prepared:
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_torch_thread() -> Iterator[None]:
     """Run tiny-tensor work on one thread (as the release does): extra threads only add contention here."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -185,7 +185,7 @@ def gap_score_reference(rows: Rows, seed: int = 42, steps: int = 2000, model: st
     ``seed`` is set as the release sets it; nothing in the procedure is random.
     """
     prep = _prepare(model, rows)
-    with _one_thread(), torch.random.fork_rng(devices=[]):
+    with one_torch_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         theta = _fit_reference_one(prep.counts, steps)
     return _result(theta[:, 0] - theta[:, 1], prep)
@@ -317,7 +317,7 @@ def gap_scores_reference_batched(models: Mapping[str, Rows], steps: int = 2000) 
     preps = {name: _prepare(name, rows) for name, rows in models.items()}
     out: dict[str, GapResult] = {}
     for names in _group_by_rows(preps).values():
-        with _one_thread():
+        with one_torch_thread():
             theta = _fit_reference_batch(torch.stack([preps[n].counts for n in names]), steps)
         for name, th in zip(names, theta, strict=True):
             out[name] = _result(th[:, 0] - th[:, 1], preps[name])
@@ -514,7 +514,7 @@ def gap_scores_identified_batched(
     preps = {name: _prepare(name, rows) for name, rows in models.items()}
     out: dict[str, GapResult] = {}
     for names in _group_by_rows(preps).values():
-        with _one_thread():
+        with one_torch_thread():
             phi, converged = _fit_identified_batch(torch.stack([preps[n].counts for n in names]), seed=seed)
         for name, ph, ok in zip(names, phi, converged.tolist(), strict=True):
             out[name] = _result(ph[:, 0] - ph[:, 1], preps[name], converged=ok)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_hf import one_torch_thread, tiny_janus
+from tiny_hf import tiny_janus
 
 from gapeval.models.base import Intervenable, Request
 from gapeval.models.janus import JanusAdapter
+from gapeval.score import one_torch_thread
 
 
 def picture(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:

@@ -6,9 +6,6 @@ decodes exactly with a vocabulary of ~260 plus the special tokens each processor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from tokenizers.pre_tokenizers import ByteLevel
@@ -36,17 +33,6 @@ EMU3_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
 )
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on a shared, loaded CPU extra threads only spin (100× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def byte_tokenizer(
