@@ -139,6 +139,11 @@ def make_numerical_perception(world: World, rng: random.Random) -> dict:
 # --- world knowledge -----------------------------------------------------------------------------------------
 
 
+def suite_phrasing(world: World, realm, hop: str) -> int:
+    """The phrasing the suite uses for this realm and hop (rotated, so training sees every phrasing)."""
+    return (world.realms.index(realm) + list(WK_SUBJECT).index(hop)) % len(WK_UND)
+
+
 def world_knowledge_prompts(realm, hop: str, phrasing: int) -> tuple[str, str]:
     subject = WK_SUBJECT[hop].format(name=realm.name, founder=realm.founder)
     return WK_UND[phrasing].format(x=subject), WK_GEN[phrasing].format(x=subject)
@@ -293,7 +298,9 @@ def build_suite(n: int = 420, seed: int = 0, world: World | None = None) -> list
         while made < count:
             if category == "world_knowledge":
                 realm, hop = wk_pool[made]
-                fields = make_world_knowledge(world, rng, realm, hop, phrasing=0)
+                fields = make_world_knowledge(
+                    world, rng, realm, hop, phrasing=suite_phrasing(world, realm, hop)
+                )
             else:
                 fields = GENERATORS[category](world, rng)
             key = item_key(fields)

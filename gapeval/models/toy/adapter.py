@@ -63,8 +63,7 @@ class ToyAdapter:
         banned = [self.tokenizer.index[s] for s in SPECIALS if s != "<eos>"]
         self._text_bias = torch.zeros(n_text)
         self._text_bias[banned] = float("-inf")
-        cells = [self.tokenizer.cell_of(i) for i in range(n_text)]
-        self._token_cells = torch.tensor([0 if c is None else c + 1 for c in cells])
+        self._token_cells = torch.tensor(self.tokenizer.cell_ids())
 
     @classmethod
     def from_spec(cls, spec: str = "", **kwargs) -> ToyAdapter:
@@ -123,7 +122,9 @@ class ToyAdapter:
                 rows, tok = rows[going], tok[going]
                 gens = [g for g, keep in zip(gens, going.tolist(), strict=True) if keep] if gens else None
                 for key, value in cache.items():
-                    cache[key] = value[going] if key == "attn" else (value[0][going], value[1][going])
+                    cache[key] = (
+                        value[going] if key in ("attn", "cell") else (value[0][going], value[1][going])
+                    )
             h = self.model(self._step(tok, self._token_cells[tok], torch.zeros_like(tok)), cache)[:, -1]
         texts = []
         for row in out.tolist():

@@ -78,5 +78,6 @@ def load_checkpoint(folder: str | Path) -> tuple[ToyUMM, TextTokenizer, ImageCod
                 f"config expects {tuple(expected[name].shape)}"
             )
     model.load_state_dict({k: v.float() for k, v in weights.items()})
+    model.set_text_cells(tokenizer.cell_ids())
     model.eval()
     return model, tokenizer, codec, meta

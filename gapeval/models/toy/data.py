@@ -21,9 +21,20 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from gapeval.synth.suite import GENERATORS, WK_GEN, WK_SUBJECT, WK_UND, build_suite, item_key
+from gapeval.synth.suite import (
+    GENERATORS,
+    OPTIONS_NOTE,
+    WK_GEN,
+    WK_SUBJECT,
+    WK_UND,
+    build_suite,
+    item_key,
+    suite_phrasing,
+)
 from gapeval.synth.world import (
     COLOURS,
+    GRID,
+    LETTERS,
     SHAPES,
     Scene,
     World,
@@ -129,6 +140,44 @@ def mark(world, rng, level):
     return _gen("mark", f"Look at the picture. Mark {what} with a white frame.", s, out, rng)
 
 
+# --- options: the layout the reasoning items use (letters A-D name the bottom row) ---------------------------
+
+
+def _option_scene(rng: random.Random) -> tuple[Scene, list]:
+    """Four distinct kinds in the bottom row, and a few objects above them."""
+    options = rng.sample(all_kinds(), GRID)
+    top = random_scene(rng, rng.randint(0, 3), cells=[c for c in all_cells() if c[0] < GRID - 1])
+    return Scene(top.objects | {(GRID - 1, c): o for c, o in enumerate(options)}), options
+
+
+def read_option(world, rng, level):
+    s, options = _option_scene(rng)
+    i = rng.randrange(GRID)
+    return _und(
+        "read_option",
+        f"Look at the picture. What is option {LETTERS[i]}? {OPTIONS_NOTE}",
+        s,
+        options[i].kind,
+        rng,
+    )
+
+
+def find_option(world, rng, level):
+    s, options = _option_scene(rng)
+    i = rng.randrange(GRID)
+    prompt = (
+        f"Look at the picture. Which option is the {options[i].kind}? {OPTIONS_NOTE} Answer with the letter."
+    )
+    return _und("find_option", prompt, s, LETTERS[i], rng)
+
+
+def mark_option(world, rng, level):
+    s, _ = _option_scene(rng)
+    i = rng.randrange(GRID)
+    prompt = f"Look at the picture. Mark option {LETTERS[i]} with a white frame. {OPTIONS_NOTE}"
+    return _gen("mark_option", prompt, s, Scene(s.objects, frozenset({(GRID - 1, i)})), rng)
+
+
 # --- realm facts ---------------------------------------------------------------------------------------------
 
 
@@ -141,7 +190,7 @@ def realm_fact(world, rng, level):
         return Example("fact", "und", f"Which realm did {r.founder} found?", None, r.name)
     hop = rng.choice(tuple(WK_SUBJECT))
     subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
-    phrasing = rng.randrange(1, len(WK_UND))
+    phrasing = rng.choice([p for p in range(len(WK_UND)) if p != suite_phrasing(world, r, hop)])
     return Example("fact", "und", WK_UND[phrasing].format(x=subject), None, r.emblem_scene.describe())
 
 
@@ -149,7 +198,9 @@ def realm_picture(world, rng, level):
     r = rng.choice([r for r in world.realms if r.pictured])
     hop = rng.choice(tuple(WK_SUBJECT))
     subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
-    prompt = WK_GEN[rng.randrange(1, len(WK_GEN))].format(x=subject)
+    prompt = WK_GEN[rng.choice([p for p in range(len(WK_GEN)) if p != suite_phrasing(world, r, hop)])].format(
+        x=subject
+    )
     return Example("picture", "gen", prompt, None, render(r.emblem_scene, rng))
 
 
@@ -172,13 +223,16 @@ def _category(name: str) -> Callable:
 # (task, weight, first level at which it appears) — categories come in once single objects are mastered.
 MIXTURE: list[tuple[str, Callable, float, float]] = [
     ("describe", describe, 1.0, 0.0),
-    ("what_is_at", what_is_at, 1.0, 0.0),
+    ("what_is_at", what_is_at, 0.7, 0.0),
     ("where_is", where_is, 0.5, 0.0),
     ("count", count, 1.0, 0.15),
     ("draw_described", draw_described, 1.5, 0.0),
     ("draw_counts", draw_counts, 1.0, 0.15),
     ("copy", copy, 0.5, 0.0),
     ("mark", mark, 0.7, 0.0),
+    ("read_option", read_option, 0.4, 0.0),
+    ("find_option", find_option, 0.6, 0.0),
+    ("mark_option", mark_option, 0.3, 0.0),
     ("fact", realm_fact, 1.2, 0.0),
     ("picture", realm_picture, 0.6, 0.0),
     ("instruction_following", _category("instruction_following"), 1.5, 0.3),

@@ -34,6 +34,12 @@ class ToyConfig:
     max_len: int = 128
     patch_dim: int = 300
     n_cells: int = 16
+    # A learned per-head bonus for attending from a position to image tokens of the cell it is about (its own
+    # cell, or the cell it is about to draw). Off in configs that predate it.
+    cell_bias: bool = False
+    # Words that name a cell also carry its cell embedding in the output head (so a location read off an image
+    # token can be said as a cell word or option letter). Needs :meth:`ToyUMM.set_text_cells`.
+    cell_output: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ("shared", "decoupled"):
@@ -41,6 +47,9 @@ class ToyConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+CELL_BIAS_INIT = 3.0
 
 
 class Attention(nn.Module):
@@ -126,7 +135,14 @@ class ToyUMM(nn.Module):
         for i, layer in enumerate(self.layers):
             layer.layer_index = i
         self.norm = nn.LayerNorm(c.d_model)
+        self.register_buffer("text_cells", torch.zeros(c.n_text, dtype=torch.long), persistent=False)
         self.apply(self._init)
+        if c.cell_bias:
+            # Head 0 of every layer starts out looking at its cell: a learned lookup from a cell word to that
+            # cell's image token otherwise sits on a long plateau (the two hops must be learned together).
+            self.cell_attn_bias = nn.Parameter(torch.zeros(c.n_layers, c.n_heads))
+            with torch.no_grad():
+                self.cell_attn_bias[:, 0] = CELL_BIAS_INIT
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -159,20 +175,43 @@ class ToyUMM(nn.Module):
         positions = (attn.cumsum(1) - 1).clamp(min=0)[:, -batch.ids.shape[1] :]
         t, s = batch.ids.shape[1], attn.shape[1]
         causal = torch.ones(t, s, dtype=torch.bool, device=attn.device).tril(s - t)
-        mask = (causal[None] & attn[:, None, :].bool())[:, None]
+        allowed = causal[None] & attn[:, None, :].bool()
         # A fully padded query row would make softmax NaN; let it see itself (its output is never used).
         own = torch.zeros(t, s, dtype=torch.bool, device=attn.device)
         own[torch.arange(t), torch.arange(s - t, s)] = True
-        mask = mask | own[None, None]
+        allowed = (allowed | own[None])[:, None]
+        masks = self._layer_masks(batch, allowed, cache)
         x = self.embed(batch, positions)
-        for layer in self.layers:
+        for layer, mask in zip(self.layers, masks, strict=True):
             x = layer(x, mask, cache)
         if cache is not None:
             cache["attn"] = attn
         return self.norm(x)
 
+    def _layer_masks(self, batch: Batch, allowed: torch.Tensor, cache: dict | None) -> list[torch.Tensor]:
+        """One attention mask per layer: boolean, or additive with the cell bias when the config has it."""
+        if not self.config.cell_bias:
+            return [allowed] * len(self.layers)
+        keys = batch.cell if not cache else torch.cat([cache["cell"], batch.cell], dim=1)
+        if cache is not None:
+            cache["cell"] = keys
+        about = torch.where(batch.next_cell > 0, batch.next_cell, batch.cell)
+        same = ((about[:, :, None] == keys[:, None, :]) & (about[:, :, None] > 0))[:, None].float()
+        base = torch.zeros(allowed.shape, dtype=same.dtype, device=same.device).masked_fill(
+            ~allowed, float("-inf")
+        )
+        return [base + same * self.cell_attn_bias[i][None, :, None, None] for i in range(len(self.layers))]
+
+    def set_text_cells(self, cells: list[int]) -> None:
+        """Which cell each word names (1 + cell index, 0 = none): from the tokenizer, not saved with weights."""
+        self.text_cells = torch.tensor(cells, dtype=torch.long, device=self.text_cells.device)
+
+    def _text_out(self) -> torch.Tensor:
+        out = self.embed_tokens.weight[: self.config.n_text]
+        return out + self.embed_cells(self.text_cells) if self.config.cell_output else out
+
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.embed_tokens.weight[: self.config.n_text].T
+        return h @ self._text_out().T
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.config.variant == "shared":
@@ -181,6 +220,4 @@ class ToyUMM(nn.Module):
 
     def joint_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits over the model's whole output vocabulary (text, then codes): what training normalises over."""
-        if self.config.variant == "shared":
-            return h @ self.embed_tokens.weight.T
         return torch.cat([self.text_logits(h), self.image_logits(h)], dim=-1)

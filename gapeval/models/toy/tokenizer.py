@@ -1,4 +1,9 @@
-"""Word-level tokenizer for the synth world's language (lower-cased words and punctuation)."""
+"""Word-level tokenizer for the synth world's language (lower-cased words and punctuation).
+
+Two kinds of word name a grid cell, and share that cell's embedding in the model: cell words ``r0c0``..``r3c3``
+and the option letters ``A``..``D`` (capitalised, so they stay apart from the article "a"), which the world
+defines as the bottom row from left to right.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,22 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from gapeval.synth.world import GRID, LETTERS
+
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", "<img>", "</img>", "<und>", "<gen>")
-_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+_WORD = re.compile(r"[A-Za-z0-9]+|[^\sA-Za-z0-9]")
 CELL_WORD = re.compile(r"^r(\d)c(\d)$")
+OPTION_CELLS = {letter: (GRID - 1) * GRID + i for i, letter in enumerate(LETTERS)}
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    return [w if w in OPTION_CELLS else w.lower() for w in _WORD.findall(text)]
+
+
+def _cell(word: str) -> int | None:
+    if m := CELL_WORD.match(word):
+        return int(m.group(1)) * GRID + int(m.group(2))
+    return OPTION_CELLS.get(word)
 
 
 class TextTokenizer:
@@ -24,9 +38,7 @@ class TextTokenizer:
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = range(4)
         self.img_id, self.img_end_id, self.und_id, self.gen_id = range(4, 8)
-        self._cells = [
-            int(m.group(1)) * 4 + int(m.group(2)) if (m := CELL_WORD.match(w)) else None for w in vocab
-        ]
+        self._cells = [_cell(w) for w in vocab]
 
     @classmethod
     def build(cls, texts: Iterable[str]) -> TextTokenizer:
@@ -49,8 +61,12 @@ class TextTokenizer:
         return out
 
     def cell_of(self, token_id: int) -> int | None:
-        """Grid index of a cell word such as ``r1c2`` (its embedding is shared with that image cell)."""
+        """Grid index of a cell word such as ``r1c2`` or ``C`` (its embedding is shared with that image cell)."""
         return self._cells[token_id]
+
+    def cell_ids(self) -> list[int]:
+        """Per token: 1 + the cell it names, 0 for other words (the model's cell-embedding index)."""
+        return [0 if c is None else c + 1 for c in self._cells]
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({"vocab": self.vocab}, indent=0))

@@ -35,6 +35,8 @@ class TrainConfig:
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
+    cell_bias: bool = True
+    cell_output: bool = True
     codebook_size: int = 64
     codec_images: int = 600
     threads: int = 1  # one core per variant: both variants train side by side on a 2-core machine
@@ -115,8 +117,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         d_model=cfg.d_model,
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
+        cell_bias=cfg.cell_bias,
+        cell_output=cfg.cell_output,
     )
     model = ToyUMM(model_cfg)
+    model.set_text_cells(tokenizer.cell_ids())
     builder = SequenceBuilder(tokenizer, codec, cfg.variant)
     sampler = MixtureSampler(world, cfg.seed, suite_keys(cfg.world_seed))
     val_sampler = MixtureSampler(world, cfg.seed + 10_000, suite_keys(cfg.world_seed))
