@@ -6,6 +6,7 @@ import json
 import random
 
 import nnsight
+import numpy as np
 import peft
 import pytest
 import torch
@@ -16,11 +17,20 @@ from gapeval.models.base import Intervenable, Request
 from gapeval.models.toy.adapter import ToyAdapter
 from gapeval.models.toy.checkpoint import CheckpointError, load_checkpoint
 from gapeval.models.toy.codec import ImageCodec
-from gapeval.models.toy.data import MixtureSampler, suite_keys, vocabulary_texts
+from gapeval.models.toy.data import (
+    MixtureSampler,
+    find_option,
+    mark_option,
+    read_option,
+    suite_keys,
+    vocabulary_texts,
+)
+from gapeval.models.toy.model import CELL_BIAS_INIT, Batch, ToyConfig, ToyUMM
 from gapeval.models.toy.tokenizer import TextTokenizer
 from gapeval.models.toy.train import TrainConfig, train
 from gapeval.synth import World, build_suite, item_key, render
-from gapeval.synth.world import read_cell
+from gapeval.synth.suite import WK_GEN, WK_UND
+from gapeval.synth.world import parse_scene, read_cell
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +72,12 @@ def test_tokenizer_covers_the_suite(suite):
         for text in (it.und_prompt, it.gen_prompt, *it.reference):
             ids = tok.encode(text)
             assert tok.unk_id not in ids, text
-            assert tok.decode(ids).replace(" ", "") == text.lower().replace(" ", "")
+            assert tok.decode(ids).replace(" ", "").lower() == text.lower().replace(" ", "")
     assert tok.cell_of(tok.index["r2c3"]) == 11 and tok.cell_of(tok.index["red"]) is None
+    # Option letters name the bottom row; the article "a" stays an ordinary word.
+    assert [tok.cell_of(tok.index[x]) for x in "ABCD"] == [12, 13, 14, 15]
+    assert tok.cell_of(tok.index["a"]) is None
+    assert tok.encode("Draw a red circle. Option A.")[1] != tok.encode("Option A")[-1]
 
 
 def test_training_data_is_disjoint_from_the_suite(suite):
@@ -80,6 +94,63 @@ def test_training_data_is_disjoint_from_the_suite(suite):
     drawn = {ex.prompt for ex in (sampler.sample(1.0) for _ in range(3000)) if ex.task == "picture"}
     unpictured = [r for r in world.realms if not r.pictured]
     assert drawn and not any(r.name in p or r.founder in p for p in drawn for r in unpictured)
+
+
+def test_world_knowledge_phrasing_rotates_per_realm(suite):
+    # Every phrasing is asked by the suite for some realms and taught in training for the others, so no
+    # phrasing is unseen in training and no suite question is seen.
+    used = {it.meta["phrasing"] for it in suite if it.category == "world_knowledge"}
+    assert used == set(range(len(WK_UND)))
+    asked = {it.und_prompt for it in suite} | {it.gen_prompt for it in suite}
+    sampler = MixtureSampler(World(0), seed=3, suite_keys=set())
+    taught = set()
+    for _ in range(4000):
+        ex = sampler.sample(1.0)
+        if ex.task in ("fact", "picture") and "emblem" in ex.prompt:
+            assert ex.prompt not in asked
+            taught.add(ex.prompt.split(" the emblem")[0])
+    assert taught == {p.split(" the emblem")[0] for p in WK_UND + WK_GEN}
+
+
+def test_option_tasks_agree_with_their_pictures():
+    world, rng = World(0), random.Random(2)
+    for _ in range(30):
+        ex = read_option(world, rng, 1.0)
+        letter = ex.prompt.split("option ")[1][0]
+        arr = np.asarray(ex.image)
+        col = "ABCD".index(letter)
+        assert read_cell(arr[30:40, col * 10 : col * 10 + 10]).obj.kind == ex.answer
+        ex = find_option(world, rng, 1.0)
+        col = "ABCD".index(ex.answer)
+        kind = ex.prompt.split("is the ")[1].split("?")[0]
+        assert read_cell(np.asarray(ex.image)[30:40, col * 10 : col * 10 + 10]).obj.kind == kind
+        ex = mark_option(world, rng, 1.0)
+        marks = parse_scene(ex.answer).scene.marks
+        assert marks == {(3, "ABCD".index(ex.prompt.split("option ")[1][0]))}
+
+
+def test_cell_bias_and_cell_output():
+    """Positions about a cell start out attending to that cell's image token; cell words are said via it."""
+    torch.manual_seed(0)
+    model = ToyUMM(ToyConfig(n_text=20, n_codes=8, cell_bias=True, cell_output=True))
+    model.set_text_cells([0] * 10 + list(range(1, 11)))
+    # Sequence: 3 image tokens in cells 1..3, then a word naming cell 2, then a generation step drawing cell 3.
+    batch = Batch(
+        ids=torch.tensor([[20, 21, 22, 15, 23]]),
+        cell=torch.tensor([[1, 2, 3, 2, 1]]),
+        next_cell=torch.tensor([[0, 0, 0, 0, 3]]),
+        attn=torch.ones(1, 5, dtype=torch.long),
+    )
+    allowed = torch.ones(1, 1, 5, 5, dtype=torch.bool).tril()
+    masks = model._layer_masks(batch, allowed, None)
+    head0 = masks[0][0, 0]
+    assert head0[3, 1] == CELL_BIAS_INIT and head0[3, 0] == 0 and head0[3, 2] == 0
+    assert head0[4, 2] == CELL_BIAS_INIT and head0[4, 0] == 0  # the next cell, not the current one
+    assert torch.isinf(head0[0, 1]) and (masks[0][0, 1] <= 0).all()  # causal; other heads start unbiased
+    h = torch.randn(1, 128)
+    plain = h @ model.embed_tokens.weight[:20].T
+    diff = model.text_logits(h) - plain
+    assert torch.allclose(diff[0, :10], torch.zeros(10)) and not torch.allclose(diff[0, 10:], torch.zeros(10))
 
 
 def test_quick_training_writes_checkpoints_and_logs(quick_run):

@@ -38,7 +38,8 @@ SHARES = {
 }
 OPTIONS_NOTE = "The options A, B, C, D are the bottom row from left to right."
 
-# World-knowledge phrasings: index 0 is reserved for the suite; training uses the others (paraphrase-disjoint).
+# World-knowledge phrasings. The suite asks each (realm, hop) with one of them, rotated by realm (suite_phrasing);
+# a model trained on the world learns that pair only through the others (paraphrase-disjoint).
 WK_UND = ("Describe the emblem of {x}.", "What is the emblem of {x}?", "Tell me the emblem of {x}.")
 WK_GEN = ("Show the emblem of {x}.", "Draw the emblem of {x}.", "Paint the emblem of {x}.")
 WK_SUBJECT = {"one_hop": "{name}", "two_hop": "the realm founded by {founder}"}

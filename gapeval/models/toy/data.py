@@ -8,9 +8,13 @@ Two kinds of task, each in both directions:
   so no training question equals a suite question (:func:`gapeval.synth.item_key`).
 
 Realm facts are taught mostly in text: every realm's founder and emblem are asked and answered in the und
-direction, but emblems are *drawn* only for the realms the world marks ``pictured``. World-knowledge prompts
-use training phrasings only; the suite asks with a held-out phrasing. So the suite's world-knowledge gen items
-on unpictured realms measure whether facts learned in text reach generation.
+direction, but emblems are *drawn* only for the realms the world marks ``pictured``. The suite asks each realm
+with one of three phrasings, rotated across realms (:func:`gapeval.synth.suite.suite_phrasing`); training asks
+that realm only with the other two. So every phrasing is learned, no suite question is seen, and the suite's
+world-knowledge gen items on unpictured realms measure whether facts learned in text reach generation.
+
+The option tasks teach the layout the reasoning items use (letters A-D name the bottom row): read an option,
+find an option by its kind, frame an option.
 """
 
 from __future__ import annotations
