@@ -16,6 +16,7 @@ held outside the layers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -174,12 +175,14 @@ class ToyUMM(nn.Module):
         attn = batch.attn if not cache else torch.cat([cache["attn"], batch.attn], dim=1)
         positions = (attn.cumsum(1) - 1).clamp(min=0)[:, -batch.ids.shape[1] :]
         t, s = batch.ids.shape[1], attn.shape[1]
-        causal = torch.ones(t, s, dtype=torch.bool, device=attn.device).tril(s - t)
-        allowed = causal[None] & attn[:, None, :].bool()
-        # A fully padded query row would make softmax NaN; let it see itself (its output is never used).
-        own = torch.zeros(t, s, dtype=torch.bool, device=attn.device)
-        own[torch.arange(t), torch.arange(s - t, s)] = True
-        allowed = (allowed | own[None])[:, None]
+        if t == 1:  # one decoding step: the new token sees every real token, itself included
+            allowed = attn[:, None, None, :].bool()
+        else:
+            causal = torch.ones(t, s, dtype=torch.bool, device=attn.device).tril(s - t)
+            # A fully padded query row would make softmax NaN; let it see itself (its output is never used).
+            own = torch.zeros(t, s, dtype=torch.bool, device=attn.device)
+            own[torch.arange(t), torch.arange(s - t, s)] = True
+            allowed = ((causal[None] & attn[:, None, :].bool()) | own[None])[:, None]
         masks = self._layer_masks(batch, allowed, cache)
         x = self.embed(batch, positions)
         for layer, mask in zip(self.layers, masks, strict=True):
@@ -188,7 +191,7 @@ class ToyUMM(nn.Module):
             cache["attn"] = attn
         return self.norm(x)
 
-    def _layer_masks(self, batch: Batch, allowed: torch.Tensor, cache: dict | None) -> list[torch.Tensor]:
+    def _layer_masks(self, batch: Batch, allowed: torch.Tensor, cache: dict | None) -> Sequence[torch.Tensor]:
         """One attention mask per layer: boolean, or additive with the cell bias when the config has it."""
         if not self.config.cell_bias:
             return [allowed] * len(self.layers)
@@ -196,11 +199,10 @@ class ToyUMM(nn.Module):
         if cache is not None:
             cache["cell"] = keys
         about = torch.where(batch.next_cell > 0, batch.next_cell, batch.cell)
-        same = ((about[:, :, None] == keys[:, None, :]) & (about[:, :, None] > 0))[:, None].float()
-        base = torch.zeros(allowed.shape, dtype=same.dtype, device=same.device).masked_fill(
-            ~allowed, float("-inf")
-        )
-        return [base + same * self.cell_attn_bias[i][None, :, None, None] for i in range(len(self.layers))]
+        same = ((about[:, :, None] == keys[:, None, :]) & (about[:, :, None] > 0))[:, None]
+        base = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+        # All layers in one broadcast: (L, B, H, T, S).
+        return (base + same * self.cell_attn_bias[:, None, :, None, None]).unbind(0)
 
     def set_text_cells(self, cells: list[int]) -> None:
         """Which cell each word names (1 + cell index, 0 = none): from the tokenizer, not saved with weights."""
