@@ -185,6 +185,11 @@ def mark_option(world, rng, level):
 # --- realm facts ---------------------------------------------------------------------------------------------
 
 
+def _training_phrasing(world, rng, realm, hop) -> int:
+    """Any world-knowledge phrasing except the one the suite asks this realm and hop with."""
+    return rng.choice([p for p in range(len(WK_UND)) if p != suite_phrasing(world, realm, hop)])
+
+
 def realm_fact(world, rng, level):
     r = rng.choice(world.realms)
     kind = rng.randrange(4)
@@ -194,7 +199,7 @@ def realm_fact(world, rng, level):
         return Example("fact", "und", f"Which realm did {r.founder} found?", None, r.name)
     hop = rng.choice(tuple(WK_SUBJECT))
     subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
-    phrasing = rng.choice([p for p in range(len(WK_UND)) if p != suite_phrasing(world, r, hop)])
+    phrasing = _training_phrasing(world, rng, r, hop)
     return Example("fact", "und", WK_UND[phrasing].format(x=subject), None, r.emblem_scene.describe())
 
 
@@ -202,9 +207,7 @@ def realm_picture(world, rng, level):
     r = rng.choice([r for r in world.realms if r.pictured])
     hop = rng.choice(tuple(WK_SUBJECT))
     subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
-    prompt = WK_GEN[rng.choice([p for p in range(len(WK_GEN)) if p != suite_phrasing(world, r, hop)])].format(
-        x=subject
-    )
+    prompt = WK_GEN[_training_phrasing(world, rng, r, hop)].format(x=subject)
     return Example("picture", "gen", prompt, None, render(r.emblem_scene, rng))
 
 

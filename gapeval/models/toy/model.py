@@ -8,7 +8,9 @@ Two variants share everything but how images enter and leave:
   VQ codes from a separate head and reads its own codes back through a separate embedding table.
 
 Image cells and the cell words ``r0c0``..``r3c3`` share one cell-embedding table, which ties "where" in text to
-"where" in pixels; generation positions also get a "next cell" embedding saying which cell comes next.
+"where" in pixels; generation positions also get a "next cell" embedding saying which cell comes next. With
+``cell_bias``, attention also gets a learned per-head bonus between a position and the image token of the cell
+it is about (see :class:`ToyConfig`).
 Position and all other tables start small (std 0.02): large position tables swamp image-code identity.
 Each decoder layer returns a plain tensor (what nnsight and the intervention code expect); the KV cache is
 held outside the layers.
