@@ -122,9 +122,8 @@ class ToyAdapter:
                 rows, tok = rows[going], tok[going]
                 gens = [g for g, keep in zip(gens, going.tolist(), strict=True) if keep] if gens else None
                 for key, value in cache.items():
-                    cache[key] = (
-                        value[going] if key in ("attn", "cell") else (value[0][going], value[1][going])
-                    )
+                    # Per-row tensors (attention mask, cells) and per-layer (keys, values) pairs alike.
+                    cache[key] = value[going] if torch.is_tensor(value) else tuple(v[going] for v in value)
             h = self.model(self._step(tok, self._token_cells[tok], torch.zeros_like(tok)), cache)[:, -1]
         texts = []
         for row in out.tolist():
