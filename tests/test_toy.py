@@ -17,7 +17,10 @@ from gapeval.models.base import Intervenable, Request
 from gapeval.models.toy.adapter import ToyAdapter
 from gapeval.models.toy.checkpoint import CheckpointError, load_checkpoint
 from gapeval.models.toy.codec import ImageCodec
+from gapeval.items import Item
+from gapeval.judges.text import TextJudge
 from gapeval.models.toy.data import (
+    UND_ANSWERS,
     MixtureSampler,
     find_option,
     mark_option,
@@ -29,7 +32,7 @@ from gapeval.models.toy.model import CELL_BIAS_INIT, Batch, ToyConfig, ToyUMM
 from gapeval.models.toy.tokenizer import TextTokenizer
 from gapeval.models.toy.train import TrainConfig, train
 from gapeval.synth import World, build_suite, item_key, render
-from gapeval.synth.suite import WK_GEN, WK_UND
+from gapeval.synth.suite import GENERATORS, WK_GEN, WK_UND
 from gapeval.synth.world import parse_scene, read_cell
 
 
@@ -121,12 +124,59 @@ def test_option_tasks_agree_with_their_pictures():
         col = "ABCD".index(letter)
         assert read_cell(arr[30:40, col * 10 : col * 10 + 10]).obj.kind == ex.answer
         ex = find_option(world, rng, 1.0)
-        col = "ABCD".index(ex.answer)
-        kind = ex.prompt.split("is the ")[1].split("?")[0]
+        kind, letter = ex.answer.rsplit(" ", 1)  # the kind it looks for, then the letter
+        assert kind == ex.prompt.split("is the ")[1].split("?")[0]
+        col = "ABCD".index(letter)
         assert read_cell(np.asarray(ex.image)[30:40, col * 10 : col * 10 + 10]).obj.kind == kind
         ex = mark_option(world, rng, 1.0)
         marks = parse_scene(ex.answer).scene.marks
         assert marks == {(3, "ABCD".index(ex.prompt.split("option ")[1][0]))}
+
+
+@pytest.mark.parametrize("category", ["reasoning", "numerical_perception"])
+def test_taught_und_answers_pass_the_judge_and_end_with_the_reference(category):
+    """Training answers name their evidence first; the judge must still score them exactly as the reference."""
+    world, rng, judge = World(0), random.Random(3), TextJudge()
+    maker, answer = GENERATORS[category], UND_ANSWERS[category]
+    for i in range(200):
+        fields = maker(world, rng)
+        taught = answer(fields)
+        assert taught.endswith(fields["reference"][0]) and taught != fields["reference"][0]
+        item = Item(id=f"x{i}", **fields)
+        assert judge.judge(item, taught).correct
+        # ... and the evidence alone, or the evidence with a wrong final answer, does not pass.
+        evidence = taught[: -len(fields["reference"][0])]
+        assert not judge.judge(item, evidence).correct
+
+
+def test_cell_pointer_scores_cell_words_against_input_image_cells():
+    torch.manual_seed(0)
+    model = ToyUMM(ToyConfig(n_text=20, n_codes=8, n_cells=4, cell_output=True, cell_pointer=True))
+    model.set_text_cells([0] * 16 + [1, 2, 3, 4])
+    # <bos> <img> 4 image codes (cells 1..4) </img> word, word naming cell 2; then a generated code in cell 1.
+    batch = Batch(
+        ids=torch.tensor([[2, 4, 21, 22, 23, 24, 5, 9, 17, 20]]),
+        cell=torch.tensor([[0, 0, 1, 2, 3, 4, 0, 0, 2, 1]]),
+        next_cell=torch.zeros(1, 10, dtype=torch.long),
+        attn=torch.ones(1, 10, dtype=torch.long),
+    )
+    h = torch.randn(1, 10, 128)
+    memory = model.cell_memory(batch, h)
+    assert memory.shape == (1, 4, 128) and not memory.any()  # zero-initialised: no effect at the start
+    with torch.no_grad():
+        model.pointer_proj.weight.copy_(torch.eye(128))
+    memory = model.cell_memory(batch, h)
+    # Only the input image's tokens are memory: not the cell word at 8, not the generated code at 9.
+    assert torch.equal(memory[0], h[0, 2:6])
+    logits = model.text_logits(h, memory)
+    gain = logits - model.text_logits(h)
+    assert torch.allclose(gain[..., :16], torch.zeros(1, 10, 16))
+    assert torch.allclose(gain[0, :, 16 + 2], h[0] @ h[0, 4])  # word naming cell 3 scores against cell 3
+    no_image = Batch(batch.ids[:, 6:], batch.cell[:, 6:], batch.next_cell[:, 6:], batch.attn[:, 6:])
+    assert not model.cell_memory(no_image, h[:, 6:]).any()
+    # Codes generated right after "<bos> <gen>" sit where an input image would, but say which cell comes next.
+    drawn = Batch(batch.ids[:, :4], batch.cell[:, :4], torch.tensor([[0, 1, 2, 3]]), batch.attn[:, :4])
+    assert not model.cell_memory(drawn, h[:, :4]).any()
 
 
 def test_cell_bias_and_cell_output():

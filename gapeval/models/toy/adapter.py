@@ -113,7 +113,7 @@ class ToyAdapter:
         out = torch.full((len(requests), self.max_new_tokens), eos)
         rows = torch.arange(len(requests))  # rows still decoding; finished ones leave the batch and cache
         for step in range(self.max_new_tokens):
-            tok = self._pick(self.model.text_logits(h) + self._text_bias, gens)
+            tok = self._pick(self.model.text_logits(h, cache.get("memory")) + self._text_bias, gens)
             out[rows, step] = tok
             going = tok != eos
             if not going.all():
@@ -173,9 +173,11 @@ class ToyAdapter:
         steps = self.max_new_tokens if direction == "und" else N_TOKENS
         for k in range(steps):
             batch, _ = self.builder.collate([seq])
-            h = self.model(batch)[:, -1]
+            h = self.model(batch)
+            memory = self.model.cell_memory(batch, h)
+            h = h[:, -1]
             if direction == "und":
-                tok = int((self.model.text_logits(h) + self._text_bias).argmax(-1))
+                tok = int((self.model.text_logits(h, memory) + self._text_bias).argmax(-1))
                 if tok == self.tokenizer.eos_id:
                     break
                 seq.push(tok, cell=int(self._token_cells[tok]))
@@ -213,7 +215,7 @@ class ToyAdapter:
         h = self.model(batch)
         n_text = len(self.tokenizer)
         if direction == "und":
-            logp = torch.log_softmax(self.model.text_logits(h) + self._text_bias, -1)
+            logp = torch.log_softmax(self.model.text_logits(h, self.model.cell_memory(batch, h)) + self._text_bias, -1)
             idx = target.clamp(min=0)
         else:
             logp = torch.log_softmax(self.model.image_logits(h), -1)

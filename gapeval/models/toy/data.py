@@ -19,6 +19,7 @@ find an option by its kind, frame an option.
 
 from __future__ import annotations
 
+import collections
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,7 +113,8 @@ def count(world, rng, level):
         q, n = f"{target.colour} objects", sum(o.colour == target.colour for o in s.objects.values())
     else:
         q, n = plural(target.shape, 2), sum(o.shape == target.shape for o in s.objects.values())
-    return _und("count", f"How many {q} are there?", s, str(n), rng)
+    # Naming what is counted before the number, as the count-swap answers do (see numerical_answer).
+    return _und("count", f"How many {q} are there?", s, f"{q} {n}", rng)
 
 
 def draw_described(world, rng, level):
@@ -172,7 +174,7 @@ def find_option(world, rng, level):
     prompt = (
         f"Look at the picture. Which option is the {options[i].kind}? {OPTIONS_NOTE} Answer with the letter."
     )
-    return _und("find_option", prompt, s, LETTERS[i], rng)
+    return _und("find_option", prompt, s, f"{options[i].kind} {LETTERS[i]}", rng)
 
 
 def mark_option(world, rng, level):
@@ -214,6 +216,43 @@ def realm_picture(world, rng, level):
 # --- the benchmark categories on fresh instances -------------------------------------------------------------
 
 
+def reasoning_answer(fields: dict) -> str:
+    """The und answer taught for a reasoning item: the feature the choice rests on, then the option letter.
+
+    The suite's reference is the bare letter, and the text judge reads the last letter a reply states. Saying
+    the feature first (the next kind in a sequence, the shared colour or shape, the odd shape) gives the letter
+    a query to point with: taught to answer with the letter alone, both variants stayed at chance.
+    """
+    letter = fields["reference"][0]
+    chosen = Scene.from_json(fields["meta"]["input_scene"]).objects[(GRID - 1, LETTERS.index(letter))]
+    feature = {
+        "sequence": chosen.kind,
+        "match_colour": chosen.colour,
+        "match_shape": chosen.shape,
+        "odd_one_out": chosen.shape,
+    }[fields["subcategory"]]
+    return f"{feature} {letter}"
+
+
+def numerical_answer(fields: dict) -> str:
+    """The und answer taught for a count-swap item: the counts seen, then the swapped counts (the reference).
+
+    Counting each kind right after naming it gives the count a query; the judge reads the last number stated
+    per kind, so the reference at the end is what is scored.
+    """
+    scene = Scene.from_json(fields["meta"]["input_scene"])
+    seen = collections.Counter(scene.objects.values())
+    kinds = sorted(seen, key=lambda o: fields["und_prompt"].index(plural(o.kind, 2)))
+    counted = ", ".join(f"{plural(o.kind, 2)} {seen[o]}" for o in kinds)
+    return f"{counted}, so {fields['reference'][0]}"
+
+
+UND_ANSWERS: dict[str, Callable[[dict], str]] = {
+    "reasoning": reasoning_answer,
+    "numerical_perception": numerical_answer,
+}
+
+
 def _category(name: str) -> Callable:
     def make(world, rng, level, exclude: set[str]):
         while True:
@@ -221,7 +260,8 @@ def _category(name: str) -> Callable:
             if item_key(fields) not in exclude:
                 break
         if rng.random() < 0.5:
-            return Example(name, "und", fields["und_prompt"], fields["image"], fields["reference"][0])
+            answer = UND_ANSWERS[name](fields) if name in UND_ANSWERS else fields["reference"][0]
+            return Example(name, "und", fields["und_prompt"], fields["image"], answer)
         return Example(name, "gen", fields["gen_prompt"], fields["image"], fields["reference_image"])
 
     return make

@@ -43,6 +43,9 @@ class ToyConfig:
     # Words that name a cell also carry its cell embedding in the output head (so a location read off an image
     # token can be said as a cell word or option letter). Needs :meth:`ToyUMM.set_text_cells`.
     cell_output: bool = False
+    # Cell words can also be said by pointing: their logits get a bilinear score between the current position
+    # and each input-image cell (see :meth:`ToyUMM.cell_memory`). Needs :meth:`ToyUMM.set_text_cells`.
+    cell_pointer: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in ("shared", "decoupled"):
@@ -139,7 +142,13 @@ class ToyUMM(nn.Module):
             layer.layer_index = i
         self.norm = nn.LayerNorm(c.d_model)
         self.register_buffer("text_cells", torch.zeros(c.n_text, dtype=torch.long), persistent=False)
+        if c.cell_pointer:
+            self.pointer_proj = nn.Linear(c.d_model, c.d_model, bias=False)
         self.apply(self._init)
+        if c.cell_pointer:
+            # Zero start: the score is then linear in one matrix, so choosing a cell by its content trains
+            # without first having to grow a matching query and key from two small random projections.
+            nn.init.zeros_(self.pointer_proj.weight)
         if c.cell_bias:
             # Head 0 of every layer starts out looking at its cell: a learned lookup from a cell word to that
             # cell's image token otherwise sits on a long plateau (the two hops must be learned together).
@@ -189,9 +198,33 @@ class ToyUMM(nn.Module):
         x = self.embed(batch, positions)
         for layer, mask in zip(self.layers, masks, strict=True):
             x = layer(x, mask, cache)
+        h = self.norm(x)
         if cache is not None:
             cache["attn"] = attn
-        return self.norm(x)
+            if self.config.cell_pointer and "memory" not in cache:
+                cache["memory"] = self.cell_memory(batch, h)
+        return h
+
+    def cell_memory(self, batch: Batch, h: torch.Tensor) -> torch.Tensor | None:
+        """Pointer keys of each sequence's input-image cells, (B, n_cells, d); zeros where there is no image.
+
+        ``h`` are the final hidden states of the whole (uncached) ``batch``. Input-image tokens are the image
+        tokens right after ``<bos> <img>``, in cell order (the layout of :mod:`sequence`); generated codes come
+        after the prompt and say which cell is next, and are not pointed at. In decoding, :meth:`forward` keeps
+        the prefill's memory in the cache under ``"memory"``.
+        """
+        c = self.config
+        if not c.cell_pointer:
+            return None
+        positions = batch.attn.cumsum(1) - 1
+        is_image = batch.ids >= c.n_text
+        if batch.patch_mask is not None:
+            is_image = is_image | batch.patch_mask
+        pick = is_image & (batch.cell > 0) & (batch.cell == positions - 1) & (batch.next_cell == 0)
+        slot = torch.where(pick, batch.cell, 0)[..., None].expand_as(h)
+        memory = torch.zeros(h.shape[0], c.n_cells + 1, h.shape[-1], dtype=h.dtype, device=h.device)
+        memory = memory.scatter_add(1, slot, h * pick[..., None])[:, 1:]
+        return self.pointer_proj(memory)
 
     def _layer_masks(self, batch: Batch, allowed: torch.Tensor, cache: dict | None) -> Sequence[torch.Tensor]:
         """One attention mask per layer: boolean, or additive with the cell bias when the config has it."""
@@ -214,14 +247,21 @@ class ToyUMM(nn.Module):
         out = self.embed_tokens.weight[: self.config.n_text]
         return out + self.embed_cells(self.text_cells) if self.config.cell_output else out
 
-    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self._text_out().T
+    def text_logits(self, h: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over words for hidden states ``h`` (B, d) or (B, T, d); ``memory`` from :meth:`cell_memory`."""
+        logits = h @ self._text_out().T
+        if memory is None:
+            return logits
+        scores = torch.einsum("b...d,bcd->b...c", h, memory)
+        # Column 0 stands for "names no cell": words that are not cell words get no pointer score.
+        scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], dim=-1)
+        return logits + scores[..., self.text_cells] * (self.text_cells > 0)
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.config.variant == "shared":
             return h @ self.embed_tokens.weight[self.config.n_text :].T
         return self.gen_head(h)
 
-    def joint_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def joint_logits(self, h: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over the model's whole output vocabulary (text, then codes): what training normalises over."""
-        return torch.cat([self.text_logits(h), self.image_logits(h)], dim=-1)
+        return torch.cat([self.text_logits(h, memory), self.image_logits(h)], dim=-1)

@@ -37,12 +37,15 @@ class TrainConfig:
     n_heads: int = 4
     cell_bias: bool = True
     cell_output: bool = True
+    cell_pointer: bool = True
     codebook_size: int = 64
     codec_images: int = 600
     threads: int = 1  # one core per variant: both variants train side by side on a 2-core machine
     # Fractions of training at which to keep a checkpoint (the emergence study reads these).
     save_at: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 0.75, 1.0])
     log_every: int = 100
+    # Length-sorted sub-batches per step (same loss, less padding); see direction_losses.
+    groups: int = 4
 
     @classmethod
     def quick(cls, variant: str = "shared") -> TrainConfig:
@@ -70,21 +73,34 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def direction_losses(
-    model: ToyUMM, builder: SequenceBuilder, examples
+    model: ToyUMM, builder: SequenceBuilder, examples, groups: int = 1
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-mean cross-entropy over answer tokens, plus the same split by direction (for the log)."""
-    batch, target = builder.collate(
-        [builder.example(e.prompt, e.image, e.direction, e.answer) for e in examples]
-    )
-    logits = model.joint_logits(model(batch))
-    per_token = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="none")
-    per_token = per_token.view(target.shape)
-    valid = target != IGNORE
-    is_gen = torch.tensor([e.direction == "gen" for e in examples])[:, None].expand_as(target)
-    parts = {}
-    for name, sel in (("und", valid & ~is_gen), ("gen", valid & is_gen)):
-        parts[name] = float(per_token[sel].detach().mean()) if sel.any() else float("nan")
-    return per_token[valid].mean(), parts
+    """Token-mean cross-entropy over answer tokens, plus the same split by direction (for the log).
+
+    Sequences are sorted by length and run as ``groups`` padded sub-batches: the loss is the same token mean,
+    with less padding to compute (padding is ~45 % of a random batch of 32 from the mixture).
+    """
+    seqs = [builder.example(e.prompt, e.image, e.direction, e.answer) for e in examples]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    size = -(-len(order) // groups)
+    total, count = torch.zeros(()), 0
+    sums = {"und": [0.0, 0], "gen": [0.0, 0]}
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        batch, target = builder.collate([seqs[i] for i in rows])
+        h = model(batch)
+        memory = model.cell_memory(batch, h)
+        valid = target != IGNORE
+        where = valid.nonzero()[:, 0]  # logits only where there is a target: the row of each answer token
+        logits = model.joint_logits(h[valid], memory[where] if memory is not None else None)
+        per_token = F.cross_entropy(logits, target[valid], reduction="none")
+        total, count = total + per_token.sum(), count + len(per_token)
+        is_gen = torch.tensor([examples[i].direction == "gen" for i in rows], dtype=torch.bool)[where]
+        for name, sel in (("und", ~is_gen), ("gen", is_gen)):
+            sums[name][0] += float(per_token[sel].detach().sum())
+            sums[name][1] += int(sel.sum())
+    parts = {k: s / n if n else float("nan") for k, (s, n) in sums.items()}
+    return total / count, parts
 
 
 def _eval_losses(model, builder, examples) -> dict[str, float]:
@@ -119,6 +135,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         n_heads=cfg.n_heads,
         cell_bias=cfg.cell_bias,
         cell_output=cfg.cell_output,
+        cell_pointer=cfg.cell_pointer,
     )
     model = ToyUMM(model_cfg)
     model.set_text_cells(tokenizer.cell_ids())
@@ -143,7 +160,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         examples = [sampler.sample(level) for _ in range(cfg.batch_size)]
-        loss, parts = direction_losses(model, builder, examples)
+        loss, parts = direction_losses(model, builder, examples, cfg.groups)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
