@@ -12,13 +12,13 @@ import pytest
 import torch
 from nnsight import NNsight
 
+from gapeval.items import Item
 from gapeval.judges.image import SynthImageJudge
+from gapeval.judges.text import TextJudge
 from gapeval.models.base import Intervenable, Request
 from gapeval.models.toy.adapter import ToyAdapter
 from gapeval.models.toy.checkpoint import CheckpointError, load_checkpoint
 from gapeval.models.toy.codec import ImageCodec
-from gapeval.items import Item
-from gapeval.judges.text import TextJudge
 from gapeval.models.toy.data import (
     UND_ANSWERS,
     MixtureSampler,
@@ -232,7 +232,9 @@ def test_decoupled_variant_trains_and_decodes(tmp_path, suite):
     assert len(texts) == len(images) == 6 and all(im.size == (40, 40) for im in images)
 
 
-def test_kv_cache_decoding_matches_reference_decoding(quick_run, suite):
+@pytest.mark.parametrize("prefill_rows", [24, 3])  # one prompt sub-batch per chunk, or several joined
+def test_kv_cache_decoding_matches_reference_decoding(quick_run, suite, prefill_rows, monkeypatch):
+    monkeypatch.setattr("gapeval.models.toy.adapter.PREFILL_ROWS", prefill_rows)
     adapter = ToyAdapter(quick_run[1], batch_size=4)
     # Generated cell words get the same cell embedding as in training (r0c0 is cell 0, stored as 1).
     assert adapter._token_cells[adapter.tokenizer.index["r0c0"]] == 1
@@ -244,6 +246,30 @@ def test_kv_cache_decoding_matches_reference_decoding(quick_run, suite):
         for req, out in zip(requests, batched, strict=True):
             ref = adapter.reference_decode(req, direction)
             assert (ref == out) if direction == "und" else (ref.tobytes() == out.tobytes())
+
+
+def test_prompts_prefilled_in_sub_batches_continue_like_one_batch(quick_run, suite, monkeypatch):
+    """Joined sub-batch caches give the same states as one padded prefill in request order, row for row."""
+    adapter = ToyAdapter(quick_run[1])
+    items = suite[::37]  # prompts of many lengths, with and without images, not in length order
+    requests = [Request(i.id, i.und_prompt, i.image) for i in items]
+    n = len(items)
+    step = adapter._step(
+        torch.full((n,), 9), torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    )
+    with torch.no_grad():
+        batch, _ = adapter.builder.collate(
+            [adapter.builder.prompt(r.prompt, r.image, "und") for r in requests]
+        )
+        one: dict = {}
+        h1 = adapter.model(batch, one)[:, -1]
+        next1 = adapter.model(step, one)[:, -1]
+        monkeypatch.setattr("gapeval.models.toy.adapter.PREFILL_ROWS", 2)
+        h2, joined = adapter._prefill(requests, "und")
+        memory2 = joined["memory"]
+        next2 = adapter.model(step, joined)[:, -1]
+    assert torch.allclose(h1, h2, atol=1e-5) and torch.allclose(one["memory"], memory2, atol=1e-5)
+    assert torch.allclose(next1, next2, atol=1e-5)
 
 
 def test_sampling_is_seeded_per_request(quick_run, suite):

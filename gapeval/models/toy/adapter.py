@@ -18,6 +18,7 @@ from gapeval.models.toy.sequence import IGNORE, SequenceBuilder
 from gapeval.models.toy.tokenizer import SPECIALS, words
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+PREFILL_ROWS = 24  # rows per length-sorted prompt sub-batch (see ToyAdapter._prefill)
 
 
 def shipped_checkpoint(variant: str = "shared", step: int | None = None) -> Path:
@@ -104,11 +105,25 @@ class ToyAdapter:
         for i in range(0, len(requests), self.batch_size):
             yield requests[i : i + self.batch_size]
 
+    def _prefill(self, requests: Sequence[Request], direction: str) -> tuple[torch.Tensor, dict]:
+        """Run the prompts: last hidden states and the KV cache, in request order.
+
+        Prompts run in length-sorted sub-batches of at most ``PREFILL_ROWS`` (a third of a mixed batch is
+        padding otherwise, and the prompt pass is most of the decoding time), then decode as one batch.
+        """
+        seqs = [self.builder.prompt(r.prompt, r.image, direction) for r in requests]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        states, caches = [], []
+        for start in range(0, len(order), PREFILL_ROWS):
+            batch, _ = self.builder.collate([seqs[i] for i in order[start : start + PREFILL_ROWS]])
+            caches.append({})
+            states.append(self.model(batch, caches[-1])[:, -1])
+        back = torch.argsort(torch.tensor(order))
+        return torch.cat(states)[back], ToyUMM.select_rows(ToyUMM.join_caches(caches), back)
+
     @torch.no_grad()
     def _understand_batch(self, requests: Sequence[Request]) -> list[str]:
-        batch, _ = self.builder.collate([self.builder.prompt(r.prompt, r.image, "und") for r in requests])
-        cache: dict = {}
-        h = self.model(batch, cache)[:, -1]
+        h, cache = self._prefill(requests, "und")
         gens, eos = self._generators(requests), self.tokenizer.eos_id
         out = torch.full((len(requests), self.max_new_tokens), eos)
         rows = torch.arange(len(requests))  # rows still decoding; finished ones leave the batch and cache
@@ -121,9 +136,7 @@ class ToyAdapter:
                     break
                 rows, tok = rows[going], tok[going]
                 gens = [g for g, keep in zip(gens, going.tolist(), strict=True) if keep] if gens else None
-                for key, value in cache.items():
-                    # Per-row tensors (attention mask, cells) and per-layer (keys, values) pairs alike.
-                    cache[key] = value[going] if torch.is_tensor(value) else tuple(v[going] for v in value)
+                cache = ToyUMM.select_rows(cache, going)
             h = self.model(self._step(tok, self._token_cells[tok], torch.zeros_like(tok)), cache)[:, -1]
         texts = []
         for row in out.tolist():
@@ -132,9 +145,7 @@ class ToyAdapter:
 
     @torch.no_grad()
     def _generate_batch(self, requests: Sequence[Request]) -> list[Image.Image]:
-        batch, _ = self.builder.collate([self.builder.prompt(r.prompt, r.image, "gen") for r in requests])
-        cache: dict = {}
-        h = self.model(batch, cache)[:, -1]
+        h, cache = self._prefill(requests, "gen")
         gens = self._generators(requests)
         codes = torch.zeros(len(requests), N_TOKENS, dtype=torch.long)
         n_text = len(self.tokenizer)
@@ -215,7 +226,9 @@ class ToyAdapter:
         h = self.model(batch)
         n_text = len(self.tokenizer)
         if direction == "und":
-            logp = torch.log_softmax(self.model.text_logits(h, self.model.cell_memory(batch, h)) + self._text_bias, -1)
+            logp = torch.log_softmax(
+                self.model.text_logits(h, self.model.cell_memory(batch, h)) + self._text_bias, -1
+            )
             idx = target.clamp(min=0)
         else:
             logp = torch.log_softmax(self.model.image_logits(h), -1)

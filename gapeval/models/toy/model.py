@@ -239,6 +239,36 @@ class ToyUMM(nn.Module):
         # All layers in one broadcast: (L, B, H, T, S).
         return (base + same * self.cell_attn_bias[:, None, :, None, None]).unbind(0)
 
+    @staticmethod
+    def join_caches(caches: list[dict]) -> dict:
+        """One KV cache holding the rows of several, each left-padded to the longest (as collate pads).
+
+        So a batch can prefill in length-sorted sub-batches (less padding to compute) and decode as one.
+        Padded slots have attention mask 0 and no cell, so later steps ignore them.
+        """
+        width = max(c["attn"].shape[1] for c in caches)
+
+        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = width - t.shape[dim]
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        joined = {}
+        for key in caches[0]:
+            parts = [c[key] for c in caches]
+            if isinstance(key, int):  # a layer's (keys, values), each (B, H, S, d_head)
+                joined[key] = tuple(torch.cat([pad(p[i], 2) for p in parts]) for i in range(2))
+            elif key == "memory":  # (B, n_cells, d): no sequence axis
+                joined[key] = torch.cat(parts)
+            else:  # per-position rows: "attn", "cell"
+                joined[key] = torch.cat([pad(p, 1) for p in parts])
+        return joined
+
+    @staticmethod
+    def select_rows(cache: dict, rows: torch.Tensor) -> dict:
+        """The cache of the given batch rows (a boolean mask or indices), in that order."""
+        return {k: v[rows] if torch.is_tensor(v) else tuple(x[rows] for x in v) for k, v in cache.items()}
+
     def set_text_cells(self, cells: list[int]) -> None:
         """Which cell each word names (1 + cell index, 0 = none): from the tokenizer, not saved with weights."""
         self.text_cells = torch.tensor(cells, dtype=torch.long, device=self.text_cells.device)
