@@ -144,7 +144,7 @@ def test_taught_und_answers_pass_the_judge_and_end_with_the_reference(category):
         assert taught.endswith(fields["reference"][0]) and taught != fields["reference"][0]
         item = Item(id=f"x{i}", **fields)
         assert judge.judge(item, taught).correct
-        # ... and the evidence alone, or the evidence with a wrong final answer, does not pass.
+        # ... and the evidence alone, without the final answer, does not pass.
         evidence = taught[: -len(fields["reference"][0])]
         assert not judge.judge(item, evidence).correct
 

@@ -184,10 +184,10 @@ class ToyAdapter:
         steps = self.max_new_tokens if direction == "und" else N_TOKENS
         for k in range(steps):
             batch, _ = self.builder.collate([seq])
-            h = self.model(batch)
-            memory = self.model.cell_memory(batch, h)
-            h = h[:, -1]
+            states = self.model(batch)
+            h = states[:, -1]
             if direction == "und":
+                memory = self.model.cell_memory(batch, states)
                 tok = int((self.model.text_logits(h, memory) + self._text_bias).argmax(-1))
                 if tok == self.tokenizer.eos_id:
                     break
