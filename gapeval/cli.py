@@ -215,7 +215,12 @@ def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
         help=f"optimiser steps (default: {d.steps}; ignored with --quick)",
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default: {d.seed})")
-    p.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default: {d.threads})")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help=f"torch threads (default: {d.threads}, which reproduces the shipped checkpoints; the weights depend on it)",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny model in seconds (for tests, not accuracy)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

@@ -25,7 +25,7 @@ from gapeval.synth.world import World
 @dataclass
 class TrainConfig:
     variant: str = "shared"
-    steps: int = 16000
+    steps: int = 24000
     batch_size: int = 32
     lr: float = 3e-3
     warmup: int = 300
