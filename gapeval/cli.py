@@ -133,7 +133,7 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from gapeval.score import score_file
+    from gapeval.score_file import score_file
 
     print(score_file(args.file))
     return 0

@@ -1,6 +1,6 @@
 """Human-readable views of runs: ``report.md`` + ``report.png`` for one run, and a side-by-side comparison.
 
-Both read ``summary.json`` (written by the runner from :func:`gapeval.score.summarize`); for a run that has not
+Both read ``summary.json`` (written by the runner from :func:`gapeval.summary.summarize`); for a run that has not
 finished, the summary is computed from the committed results so far and the report says so.
 """
 
@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from gapeval.items import CATEGORIES
+from gapeval.manifest import read_manifest
+from gapeval.rundir import MANIFEST, load_records, read_summary
+from gapeval.summary import JOINT_KEYS, summarize
 
-JOINT = ("p11", "p10", "p01", "p00")
 JOINT_LABELS = {"p11": "both right", "p10": "und only", "p01": "gen only", "p00": "both wrong"}
 JOINT_COLOURS = {"p11": "#2b8a3e", "p10": "#1c7ed6", "p01": "#f08c00", "p00": "#c92a2a"}
 
@@ -21,13 +23,15 @@ JOINT_COLOURS = {"p11": "#2b8a3e", "p10": "#1c7ed6", "p01": "#f08c00", "p00": "#
 def load_summary(run_dir: Path, bootstrap: int = 1000) -> tuple[dict[str, Any], bool]:
     """(summary, complete): the run's summary.json, or one computed from the results so far (with
     ``bootstrap`` resamples for its intervals)."""
-    path = run_dir / "summary.json"
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8")), True
-    from gapeval.runner import load_records
-    from gapeval.score import summarize
-
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary, True
     return summarize(load_records(run_dir), bootstrap=bootstrap), False
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    return read_manifest(path) if path.exists() else {}
 
 
 def rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -68,7 +72,7 @@ def table(summary: dict[str, Any]) -> str:
             str(row.get("n", "—")),
             _num(row.get("und_acc")),
             _num(row.get("gen_acc")),
-            *(_joint(row, key) for key in JOINT),
+            *(_joint(row, key) for key in JOINT_KEYS),
             _gap(row),
             _gap(row, "identified"),
             _num(row.get("kappa")),
@@ -86,8 +90,7 @@ def write_report(run_dir: str | Path, bootstrap: int = 1000) -> Path:
     """
     run_dir = Path(run_dir)
     summary, complete = load_summary(run_dir, bootstrap)
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
+    manifest = _manifest(run_dir)
     plot_run(summary, run_dir / "report.png", title=_label(run_dir, manifest))
     model = manifest.get("model", {})
     suite = manifest.get("suite", {})
@@ -156,7 +159,7 @@ def plot_run(summary: dict[str, Any], path: Path, title: str = "") -> None:
     acc.set_xticklabels(labels, fontsize=8)
     acc.legend(loc="upper center", ncol=2, fontsize=8)
     bottom = np.zeros(len(data))
-    for key in JOINT:
+    for key in JOINT_KEYS:
         values = np.array([row.get(key) or 0.0 for row in data])
         joint.bar(x, values, 0.6, bottom=bottom, label=JOINT_LABELS[key], color=JOINT_COLOURS[key])
         bottom += values
@@ -175,8 +178,7 @@ def compare(run_dirs: Sequence[str | Path], png_path: str | Path | None = None, 
     by_name = len({p.name for p in paths}) == len(paths)  # else label runs by their full path
     runs = []
     for run_dir in paths:
-        manifest_path = run_dir / "manifest.json"
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
+        manifest = _manifest(run_dir)
         summary, complete = load_summary(run_dir, bootstrap)
         label = _label(run_dir, manifest, full=not by_name)
         runs.append((label + ("" if complete else " [partial]"), dict(rows(summary))))

@@ -29,20 +29,12 @@ from gapeval.items import DIRECTIONS, Item, ItemError
 from gapeval.judges.base import Judge, Verdict
 from gapeval.manifest import build_manifest, check_or_write, write_json_atomic
 from gapeval.models.base import UMM, Request
+from gapeval.report import write_report
+from gapeval.rundir import IMAGES, MANIFEST, RESULTS, SHARDS, SUMMARY, holds_error, load_records, read_lines
+from gapeval.summary import summarize
 
-MANIFEST, RESULTS, SUMMARY, IMAGES, SHARDS = (
-    "manifest.json",
-    "results.jsonl",
-    "summary.json",
-    "images",
-    "shards",
-)
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 JUDGE_THREADS = 8  # verdicts judged at once per batch (a VLM judge also enforces its own concurrency limit)
-
-
-class ResultsError(ValueError):
-    """A results file that cannot belong to this run (corrupt line, unknown item)."""
 
 
 def item_seed(seed: int, item_id: str) -> int:
@@ -59,24 +51,6 @@ def image_name(item_id: str) -> str:
 
 
 # --- the results log -------------------------------------------------------------------------------------
-
-
-def read_lines(path: Path, known: set[str]) -> dict[str, str]:
-    """Committed lines of a results file by item id (first wins); an unterminated last line is ignored."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    lines: dict[str, str] = {}
-    for number, raw in enumerate(data.split(b"\n")[:-1], start=1):
-        try:
-            line = raw.decode("utf-8")
-            item_id = json.loads(line)["id"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ResultsError(f"{path}, line {number}: not a results record ({exc})") from None
-        if item_id not in known:
-            raise ResultsError(f"{path}, line {number}: item {item_id!r} is not in this suite")
-        lines.setdefault(item_id, line)
-    return lines
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -108,14 +82,6 @@ def save_image(image: Image.Image, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The committed records of a run directory, in file order."""
-    path = Path(run_dir) / RESULTS
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 # --- judging ---------------------------------------------------------------------------------------------
@@ -302,7 +268,8 @@ def run(
     check_or_write(out / MANIFEST, manifest, write=procs.is_main)
 
     known = {item.id for item in items}
-    done = _committed(out, known)
+    committed = _committed(out, known)
+    done = {i for i, line in committed.items() if not holds_error(json.loads(line))}
     if len(done) == len(items) and (out / SUMMARY).exists() and not (out / SHARDS).exists():
         _say(f"{out}: run already complete ({len(items)} items); nothing to do.", procs)
         return out
@@ -310,8 +277,9 @@ def run(
 
     pending = [item for item in items if item.id not in done]
     mine = pending[procs.rank :: procs.world]
-    if done and pending:
-        _say(f"{out}: resuming, {len(done)} of {len(items)} items already done.", procs)
+    if committed and pending:
+        retried = f", retrying {len(committed) - len(done)} with errors" if len(committed) > len(done) else ""
+        _say(f"{out}: resuming, {len(done)} of {len(items)} items already done{retried}.", procs)
     log = out / RESULTS
     if procs.world > 1:
         (out / SHARDS).mkdir(exist_ok=True)
@@ -356,8 +324,7 @@ def _committed(out: Path, known: set[str]) -> dict[str, str]:
     """Committed lines from the results file and any shards left by a scaled-out run."""
     lines: dict[str, str] = {}
     for path in [out / RESULTS, *_shard_files(out)]:
-        for item_id, line in read_lines(path, known).items():
-            lines.setdefault(item_id, line)
+        read_lines(path, known, lines)
     return lines
 
 
@@ -386,9 +353,6 @@ def merge(out: Path, items: Sequence[Item]) -> None:
 
 def finish(out: Path, model: UMM, *, seed: int = 0, bootstrap: int = 1000) -> None:
     """Write summary.json (scores plus the adapter's notes) and the report."""
-    from gapeval.report import write_report
-    from gapeval.score import summarize
-
     summary = summarize(load_records(out), bootstrap=bootstrap, seed=seed)
     notes = getattr(model, "notes", None)
     summary["model_notes"] = notes() if callable(notes) else {}

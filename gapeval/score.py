@@ -1,4 +1,4 @@
-"""The GapEval Gap Score (reference-exact and identified) and per-category metrics on run records.
+"""The GapEval Gap Score: the reference-exact fit and the identified variant, one model or many at once.
 
 The reference procedure (GapEval release) fits a small hierarchical logistic model per model by MAP with AdamW
 and turns each category's fitted logit difference into a gap in (0, 1). ``gap_score_reference`` is that
@@ -9,21 +9,17 @@ means to measure, on the part of the model the data determine, fitted to converg
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gapeval.items import CATEGORIES
-from gapeval.stats import cohen_kappa, mcnemar_exact, percentile_ci
+from gapeval.threads import one_torch_thread
 
 N_TOTAL = 1000.0  # the reference turns proportions into counts out of this many
 LAMBDA_FAIL = 2.7  # weight of p00 (both fail) in the final adjustment
@@ -32,7 +28,6 @@ EPS = 1e-8
 LR, WEIGHT_DECAY, BETAS, ADAM_EPS = 0.05, 1e-4, (0.9, 0.999), 1e-8
 L_RAW_INIT = ((0.1, 0.0), (0.05, 0.1))
 ROW_SUM_TOL = 5e-3
-JOINT_KEYS = ("p11", "p10", "p01", "p00")
 
 Rows = np.ndarray | Sequence[Sequence[float]]
 
@@ -104,17 +99,6 @@ def _prepare(model: str, rows: Rows) -> _Prepared:
     marg = torch.tensor(np.stack([p11 + p10, p01 + p00, p11 + p01, p10 + p00], axis=1), dtype=torch.float32)
     f32 = dict(dtype=torch.float32)
     return _Prepared(marg * N_TOTAL, torch.tensor(p11, **f32), torch.tensor(p00, **f32))
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run tiny-tensor work on one thread (as the release does): extra threads only add contention here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _group_by_rows(preps: Mapping[str, _Prepared]) -> dict[int, list[str]]:
@@ -519,163 +503,3 @@ def gap_scores_identified_batched(
         for name, ph, ok in zip(names, phi, converged.tolist(), strict=True):
             out[name] = _result(ph[:, 0] - ph[:, 1], preps[name], converged=ok)
     return {name: out[name] for name in models}
-
-
-# ---------------------------------------------------------------------------------------------- the reference script
-
-
-def score_file(path: str | Path) -> Path:
-    """Drop-in for the release's script: score ``{model: [[p11, p10, p01, p00], ...]}`` from a JSON file.
-
-    Writes ``<stem>_gapres.json`` beside it as ``{"results": {model: {"gaps": [...], "gap_mean": x}}}`` with
-    gaps rounded to 6 decimals and gap_mean the rounded mean of the rounded gaps, as the release does; all
-    models are fitted together. Returns the output path.
-    """
-    path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read a JSON object of joint rows: {err}") from err
-    if not isinstance(payload, dict) or not payload:
-        raise ValueError(f"{path}: expected a non-empty JSON object mapping model names to rows")
-    try:
-        results = gap_scores_reference_batched(payload)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
-    out = {}
-    for name, res in results.items():
-        gaps = [round(g, 6) for g in res.gaps]
-        out[name] = {"gaps": gaps, "gap_mean": round(sum(gaps) / len(gaps), 6)}
-    out_path = path.with_name(f"{path.stem}_gapres.json")
-    out_path.write_text(json.dumps({"results": out}, ensure_ascii=False, indent=2))
-    return out_path
-
-
-# ---------------------------------------------------------------------------------------------- run records
-
-
-def _outcome(record: Any, index: int) -> tuple[str, int | None]:
-    """(category, joint outcome index into JOINT_KEYS or None on a judge error) of one results.jsonl record."""
-    if not isinstance(record, Mapping):
-        raise ValueError(f"record {index}: expected an object, got {type(record).__name__}")
-    rid = record.get("id", f"#{index}")
-    category = record.get("category")
-    if not isinstance(category, str) or not category:
-        raise ValueError(f"record {rid}: field 'category' must be a non-empty string")
-    verdicts = []
-    for direction in ("und", "gen"):
-        verdict = record.get(direction)
-        if not isinstance(verdict, Mapping) or "correct" not in verdict:
-            raise ValueError(f"record {rid}: field '{direction}' must be an object with 'correct'")
-        if verdict["correct"] is not None and not isinstance(verdict["correct"], bool):
-            raise ValueError(f"record {rid}: field '{direction}.correct' must be true, false or null")
-        verdicts.append(verdict["correct"])
-    und, gen = verdicts
-    if und is None or gen is None:
-        return category, None
-    return category, (0 if und else 2) + (0 if gen else 1)
-
-
-def _category_order(categories: Iterable[str]) -> list[str]:
-    known = [c for c in CATEGORIES if c in categories]
-    return known + sorted(set(categories) - set(known))
-
-
-def _counts_summary(n: np.ndarray, n_error: int) -> dict[str, Any]:
-    """Counts [n11, n10, n01, n00] → counts, accuracies and joint proportions (None without items)."""
-    total = int(n.sum())
-    out: dict[str, Any] = {f"n{k[1:]}": int(v) for k, v in zip(JOINT_KEYS, n, strict=True)}
-    out.update(n=total, n_error=n_error)
-    out["und_acc"] = (n[0] + n[1]) / total if total else None
-    out["gen_acc"] = (n[0] + n[2]) / total if total else None
-    out.update({k: (v / total if total else None) for k, v in zip(JOINT_KEYS, n.tolist(), strict=True)})
-    return out
-
-
-def _outcomes_by_category(records: Iterable[Any]) -> tuple[dict[str, list[int]], dict[str, int]]:
-    outcomes: dict[str, list[int]] = {}
-    errors: dict[str, int] = {}
-    for index, record in enumerate(records):
-        category, outcome = _outcome(record, index)
-        outcomes.setdefault(category, [])
-        errors.setdefault(category, 0)
-        if outcome is None:
-            errors[category] += 1
-        else:
-            outcomes[category].append(outcome)
-    return outcomes, errors
-
-
-def joint_counts(records: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """Per category and "overall": n11, n10, n01, n00, n, n_error, und_acc, gen_acc, p11..p00.
-
-    A record whose und or gen verdict is None (the judge failed) is left out of every count and proportion
-    and counted in ``n_error``: a judge error is neither a right nor a wrong answer.
-    """
-    outcomes, errors = _outcomes_by_category(records)
-    return _joint_counts(outcomes, errors)
-
-
-def _joint_counts(outcomes: Mapping[str, list[int]], errors: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for category in _category_order(outcomes):
-        out[category] = _counts_summary(np.bincount(outcomes[category], minlength=4), errors[category])
-    every = [o for c in outcomes.values() for o in c]
-    out["overall"] = _counts_summary(
-        np.bincount(np.asarray(every, dtype=int), minlength=4), sum(errors.values())
-    )
-    return out
-
-
-def summarize(records: Iterable[Any], bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Everything a report needs about one run, JSON-serialisable (it is summary.json).
-
-    ``{"categories": {category: stats}, "overall": stats, "bootstrap": {...}}`` where stats holds the counts and
-    proportions of ``joint_counts``, ``gap_reference`` and ``gap_identified`` with 95% percentile bootstrap
-    intervals (``*_ci``), ``disagreement`` (p10 + p01), ``kappa`` (Cohen's, und vs gen) and ``mcnemar_p``
-    (exact, n10 vs n01). The reference scores all of a model's categories together, one row each, so the
-    categories of the run are one model's rows and "overall" gaps are the mean over category rows. Each
-    bootstrap resample draws every category's items with replacement and is scored as one more "model" in a
-    single batched fit. 420 items in 4 categories take ~3.5 s with 1000 resamples here (2 busy CPU cores).
-    """
-    outcomes, errors = _outcomes_by_category(records)
-    table = _joint_counts(outcomes, errors)
-    scored = [c for c in table if c != "overall" and table[c]["n"] > 0]
-    for stats in table.values():
-        stats.update(
-            disagreement=None if stats["n"] == 0 else stats["p10"] + stats["p01"],
-            kappa=cohen_kappa(stats["n11"], stats["n10"], stats["n01"], stats["n00"]),
-            mcnemar_p=mcnemar_exact(stats["n10"], stats["n01"]),
-        )
-        stats.update(gap_reference=None, gap_reference_ci=None, gap_identified=None, gap_identified_ci=None)
-    if scored:
-        rng = np.random.default_rng(seed)
-        rows = {"point": [[table[c][k] for k in JOINT_KEYS] for c in scored]}
-        for b in range(bootstrap):
-            rows[f"b{b}"] = [_resampled_row(outcomes[c], rng) for c in scored]
-        for kind, fit in (
-            ("reference", gap_scores_reference_batched),
-            ("identified", gap_scores_identified_batched),
-        ):
-            results = fit(rows)
-            samples = np.array([results[f"b{b}"].gaps for b in range(bootstrap)]).reshape(
-                bootstrap, len(scored)
-            )
-            for i, category in enumerate(scored):
-                table[category][f"gap_{kind}"] = results["point"].gaps[i]
-                table[category][f"gap_{kind}_ci"] = percentile_ci(samples[:, i])
-            table["overall"][f"gap_{kind}"] = results["point"].gap_mean
-            table["overall"][f"gap_{kind}_ci"] = percentile_ci(samples.mean(axis=1))
-            if kind == "identified":
-                table["overall"]["identified_converged"] = results["point"].converged
-    return {
-        "categories": {c: table[c] for c in table if c != "overall"},
-        "overall": table["overall"],
-        "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95, "unit": "items within category"},
-    }
-
-
-def _resampled_row(outcomes: list[int], rng: np.random.Generator) -> list[float]:
-    """Joint proportions of one bootstrap resample of a category's items."""
-    draw = rng.integers(0, len(outcomes), size=len(outcomes))
-    return (np.bincount(np.asarray(outcomes)[draw], minlength=4) / len(outcomes)).tolist()

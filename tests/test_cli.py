@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gapeval.cli import COMMANDS, Command, build_parser, main, parse_model_args, register
-from gapeval.runner import RESULTS, load_records
+from gapeval.rundir import RESULTS, load_records
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from tiny_hf import tiny_emu3
 
 from gapeval.models.base import UMM, Request
 from gapeval.models.emu3 import Emu3Adapter
-from gapeval.score import one_torch_thread
+from gapeval.threads import one_torch_thread
 
 
 def picture(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:

@@ -12,7 +12,7 @@ from tiny_hf import tiny_janus
 
 from gapeval.models.base import Intervenable, Request
 from gapeval.models.janus import JanusAdapter
-from gapeval.score import one_torch_thread
+from gapeval.threads import one_torch_thread
 
 
 def picture(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
@@ -227,7 +227,7 @@ def test_gapeval_run_on_synth_items_reports_dropped_images(tmp_path) -> None:
     import json
 
     from gapeval.cli import main
-    from gapeval.runner import load_records
+    from gapeval.rundir import load_records
     from gapeval.suites import get_suite
 
     model, processor = tiny_janus(seed=4)

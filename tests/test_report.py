@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from gapeval.report import compare, table, write_report
-from gapeval.score import summarize
+from gapeval.summary import summarize
 
 
 def _records(outcomes):
@@ -110,3 +110,17 @@ def test_compare_side_by_side(tmp_path):
 def test_report_of_a_missing_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="is .* a run directory"):
         write_report(tmp_path / "nothing")
+
+
+def test_corrupt_run_files_are_errors_naming_file_and_line(tmp_path):
+    run = _write_run(tmp_path / "run", OUTCOMES, with_summary=False)
+    lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
+    (run / "results.jsonl").write_text("".join(lines[:2]) + '{"id": "x", oops\n' + "".join(lines[3:]))
+    with pytest.raises(ValueError, match=r"results.jsonl, line 3: not a results record"):
+        write_report(run, bootstrap=5)
+    (run / "summary.json").write_text('{\n  "overall": {\n  "n": 3,,\n}')
+    with pytest.raises(ValueError, match=r"summary.json, line 3: not valid JSON"):
+        write_report(run)
+    (run / "summary.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"summary.json: not a run summary"):
+        write_report(run)

@@ -16,7 +16,8 @@ import pytest
 from gapeval.judges.select import NO_IMAGE_JUDGE, judge_for
 from gapeval.manifest import RunMismatchError
 from gapeval.models.oracle import OracleAdapter
-from gapeval.runner import RESULTS, load_records, run
+from gapeval.rundir import RESULTS, load_records
+from gapeval.runner import run
 from gapeval.synth.suite import build_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,6 +174,32 @@ def test_model_errors_are_recorded_per_item(small, tmp_path):
     assert sum(r["und"]["correct"] is True for r in records.values()) == len(small) - 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["overall"]["n_error"] == 8
+
+
+class OutageOracle(OracleAdapter):
+    """Every call fails while ``down`` is set (a transient outage); ``down`` is not part of the config."""
+
+    down = True
+
+    def understand(self, requests):
+        if self.down:
+            raise ConnectionError("backend unreachable (simulated)")
+        return super().understand(requests)
+
+
+def test_resume_retries_items_whose_record_holds_an_error(small, reference, tmp_path, capsys):
+    model = OutageOracle(small, und_error=0.3, gen_error=0.5, correlation=0.2)
+    out = _run(model, small, tmp_path / "run", batch_size=4)
+    assert all(r["und"]["error"] for r in load_records(out))
+    capsys.readouterr()
+    model.down = False
+    _run(model, small, out, batch_size=4)
+    err = capsys.readouterr().err
+    assert "already complete" not in err and "retrying 40 with errors" in err
+    assert (out / RESULTS).read_bytes() == (reference / RESULTS).read_bytes()  # one line per item, no error
+    assert json.loads((out / "summary.json").read_text())["overall"]["n_error"] == 0
+    _run(model, small, out, batch_size=4)
+    assert "already complete" in capsys.readouterr().err
 
 
 SLOW_MODEL = """

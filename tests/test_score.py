@@ -22,12 +22,11 @@ from gapeval.score import (
     gap_score_reference,
     gap_scores_identified_batched,
     gap_scores_reference_batched,
-    joint_counts,
-    score_file,
-    summarize,
     validate_rows,
 )
+from gapeval.score_file import score_file
 from gapeval.stats import cohen_kappa, mcnemar_exact, percentile_ci
+from gapeval.summary import joint_counts, summarize
 
 MIXED = [[0.5, 0.3, 0.05, 0.15], [0.3, 0.2, 0.2, 0.3], [0.1, 0.5, 0.1, 0.3], [0.4, 0.1, 0.3, 0.2]]
 # Published outputs of the GapEval release's script (the issue lists them).

@@ -14,8 +14,8 @@ from gapeval.cli import main
 from gapeval.models.toy import load_toy
 from gapeval.models.toy.adapter import CHECKPOINTS
 from gapeval.models.toy.checkpoint import CheckpointError
-from gapeval.runner import load_records
-from gapeval.score import joint_counts
+from gapeval.rundir import load_records
+from gapeval.summary import joint_counts
 
 # Measured at commit time: shared und 0.826 / gen 0.814, decoupled und 0.814 / gen 0.764; every category was
 # above 0.20 in both directions (lowest: decoupled numerical-perception gen 0.308, instruction und 0.311).
