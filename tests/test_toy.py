@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import random
 
-import nnsight
 import numpy as np
-import peft
 import pytest
 import torch
-from nnsight import NNsight
 
 from gapeval.items import Item
 from gapeval.judges.image import SynthImageJudge
 from gapeval.judges.text import TextJudge
-from gapeval.models.base import Intervenable, Request
+from gapeval.models.base import Request
 from gapeval.models.toy.adapter import ToyAdapter
 from gapeval.models.toy.checkpoint import CheckpointError, load_checkpoint
 from gapeval.models.toy.codec import ImageCodec
@@ -302,38 +299,12 @@ def test_corrupt_or_mismatched_checkpoints_fail_clearly(quick_run, tmp_path):
         load_checkpoint(bad)
 
 
-def test_intervention_extensions(quick_run, suite):
+def test_span_positions_refuse_words_outside_the_vocabulary(quick_run):
+    """Unknown words all become <unk>: a span of them would be "found" at any other unknown word."""
     adapter = ToyAdapter(quick_run[1])
-    assert isinstance(adapter, Intervenable)
-    item = suite[0]
-    req = Request(item.id, item.und_prompt, item.image)
-    gen_req = Request(item.id, item.gen_prompt, item.image)
-    with torch.no_grad():
-        und = adapter.logprob([req], [item.reference[0]], "und")[0]
-        gen = adapter.logprob([gen_req], [item.reference_image], "gen")[0]
-    assert und < 0 and gen < 0
-    # Span positions point at the span's tokens in the sequence the model sees.
-    pos = adapter.span_positions(req, "every", "und")
-    seq = adapter.builder.prompt(req.prompt, req.image, "und")
-    assert [adapter.tokenizer.vocab[seq.ids[p]] for p in pos] == ["every"] if "every" in req.prompt else pos
-    with pytest.raises(ValueError, match="not found"):
-        adapter.span_positions(req, "zebra", "und")
-    # nnsight reads every decoder layer's output in both directions.
-    traced = NNsight(adapter.module)
-    for direction, request in (("und", req), ("gen", gen_req)):
-        batch, _ = adapter.builder.collate([adapter.builder.prompt(request.prompt, request.image, direction)])
-        outs = []
-        with torch.no_grad(), traced.trace(batch):
-            for layer in traced.layers:
-                outs.append(nnsight.save(layer.output))
-        assert len(outs) == len(adapter.module.layers)
-        assert all(o.shape == (1, batch.ids.shape[1], adapter.module.config.d_model) for o in outs)
-    # A peft LoRA adapter on the declared targets changes the log-probs; disabling it restores them.
-    model = peft.get_peft_model(
-        adapter.module, peft.LoraConfig(r=2, target_modules=adapter.lora_targets, init_lora_weights=False)
+    request = Request("x", "Who founded Qwertyx? Tell me the emblem of the realm.")
+    with pytest.raises(ValueError, match="cannot represent"):
+        adapter.span_positions(request, "Qwertyx", "und")
+    assert adapter.span_positions(request, "the realm", "und") == adapter.span_positions(
+        request, "the realm", "gen"
     )
-    with torch.no_grad():
-        changed = adapter.logprob([req], [item.reference[0]], "und")[0]
-        with model.disable_adapter():
-            restored = adapter.logprob([req], [item.reference[0]], "und")[0]
-    assert changed != pytest.approx(und) and restored == pytest.approx(und)

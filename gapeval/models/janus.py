@@ -13,18 +13,15 @@ Janus cannot condition image generation on an input image. ``input_image_policy=
 generates from the text alone and records the item ids in :meth:`JanusAdapter.notes` (the runner writes them
 into summary.json); ``"error"`` refuses such requests.
 
-Intervention extensions (:class:`gapeval.models.base.Intervenable`):
+Intervention extensions (:class:`gapeval.models.base.Intervenable`, whose conventions hold here):
 
 - ``layers_path`` is the language model's decoder layers, shared by both directions; ``lora_targets`` are
-  their attention projections (the vision encoder's are excluded);
-- ``logprob(..., "und")`` is log P(answer text | chat prompt) through the text head (no end-of-turn term);
-  ``logprob(..., "gen")`` is log P(VQ tokens of the reference image | prompt) through the generation head,
-  conditional branch only (no guidance). Like the built-in model, it returns a tensor with gradients when
-  trainable weights (a LoRA adapter) take part and grad mode is on, else a list of floats; the base weights
-  are frozen at load;
-- :meth:`JanusAdapter.forward_inputs` gives the keyword arguments for ``module(**inputs)`` that reproduce
-  the sequence each direction feeds the decoder layers (what nnsight traces and patching use), and
-  ``span_positions`` index it;
+  their attention and MLP projections (the vision encoder's are excluded);
+- ``logprob(..., "und")`` is log P(answer text | chat prompt) through the text head (the answer's tokens only:
+  special tokens the template appends after it are not scored); ``logprob(..., "gen")`` is log P(VQ tokens of
+  the reference image | prompt) through the generation head, conditional branch only (no guidance);
+- :meth:`JanusAdapter.forward_inputs` gives the inputs of ``module(**kwargs)`` that reproduce the sequence each
+  direction feeds the decoder layers (what nnsight traces and patching use), and ``span_positions`` index it;
 - during ``generate`` the batch is doubled for guidance: rows ``conditional_rows(B)`` carry the prompt, rows
   ``B..2B-1`` are the unconditional copies (prompt replaced by padding except BOS and image-start). Hooks on
   the decoder layers during generation see 2B rows; ``forward_inputs`` and ``logprob`` use B conditional rows.
@@ -33,12 +30,11 @@ Intervention extensions (:class:`gapeval.models.base.Intervenable`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from gapeval.models.base import Request
+from gapeval.models.base import ForwardPass, Request, TeacherForcing, check_direction
 from gapeval.models.hf_common import (
     InputImagePolicy,
     chat_text,
@@ -53,7 +49,6 @@ from gapeval.models.hf_common import (
     span_positions_in,
 )
 
-DIRECTIONS = ("und", "gen")
 SPEC_OPTIONS = {
     "dtype": str,
     "device": str,
@@ -67,17 +62,7 @@ SPEC_OPTIONS = {
 }
 
 
-@dataclass
-class TeacherForced:
-    """One batch laid out for teacher forcing: ``module.model(**inputs)`` then ``head`` on ``predict``."""
-
-    inputs: dict[str, Any]
-    targets: Any  # (B, T) token ids, right-aligned
-    mask: Any  # (B, T) bool: which target slots are real tokens
-    predict: slice  # hidden-state positions whose head output predicts ``targets``
-
-
-class JanusAdapter:
+class JanusAdapter(TeacherForcing):
     """A Janus / Janus-Pro checkpoint as a GapEval UMM with the intervention extensions."""
 
     name = "janus"
@@ -203,61 +188,82 @@ class JanusAdapter:
         return "model.language_model.layers"
 
     @property
+    def hidden_path(self) -> str:
+        return "model.language_model.norm"
+
+    @property
+    def components(self) -> dict[str, str]:
+        return {"attn": "self_attn", "mlp": "mlp", "mlp_out": "mlp.down_proj"}
+
+    @property
     def lora_targets(self) -> list[str]:
-        """The language model's attention projections, named per layer so the vision encoder's are excluded."""
+        """The language model's attention and MLP projections (the vision encoder's are excluded)."""
         n = self._model.config.text_config.num_hidden_layers
-        return [
-            f"{self.layers_path}.{i}.self_attn.{p}"
-            for i in range(n)
-            for p in ("q_proj", "k_proj", "v_proj", "o_proj")
-        ]
+        names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+        names += ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+        return [f"{self.layers_path}.{i}.{name}" for i in range(n) for name in names]
 
     @staticmethod
     def conditional_rows(batch_size: int) -> range:
         """Rows of the doubled image-mode batch that see the prompt (the rest are unconditional copies)."""
         return range(batch_size)
 
-    def logprob(self, requests: Sequence[Request], answers: Sequence[Any], direction: str) -> Any:
-        """Sum of teacher-forced log-probs of each answer, per request.
-
-        und answers are text; gen answers are reference images (PIL, VQ-encoded here) or VQ token ids (B, N).
-        Returns a float32 tensor (B,) that carries gradients when grad mode is on and trainable weights (e.g. a
-        LoRA adapter) take part, else a list of floats, as the built-in model does.
-        """
-        _check_direction(direction)
-        if len(requests) != len(answers):
-            raise ValueError(f"logprob: {len(requests)} requests but {len(answers)} answers")
-        torch = self._torch
-        parts = []
-        for start in range(0, len(requests), self.batch_size):
-            stop = start + self.batch_size
-            forced = self._teacher_forced(requests[start:stop], direction, answers[start:stop])
-            hidden = self._model.model(**forced.inputs).last_hidden_state[:, forced.predict]
-            head = self._model.lm_head if direction == "und" else self._model.model.generation_head
-            logp = torch.log_softmax(head(hidden).float(), dim=-1)
-            picked = logp.gather(-1, forced.targets[..., None]).squeeze(-1)
-            parts.append((picked * forced.mask).sum(-1))
-        totals = torch.cat(parts) if parts else torch.zeros(0)
-        return totals if torch.is_grad_enabled() and totals.requires_grad else totals.tolist()
-
     def forward_inputs(
         self, requests: Sequence[Request], direction: str, answers: Sequence[Any] | None = None
-    ) -> dict[str, Any]:
-        """Keyword arguments for ``module(**inputs)`` holding what the decoder layers see in ``direction``.
+    ) -> ForwardPass:
+        """``module(**kwargs)`` holding what the decoder layers see in ``direction``.
 
         und: the chat prompt (input ids, pixel values of input images) and, with ``answers``, the answer text;
         gen: the prompt ending in the image-start token as ``inputs_embeds`` and, with ``answers`` (reference
-        images), all but the last of their VQ tokens through the generation embedding. Rows are left-padded;
-        ``position_ids`` follow the attention mask as in ``generate``. Only conditional rows (no guidance copy).
+        images or VQ token ids (B, N)), all but the last of their VQ tokens through the generation embedding.
+        Rows are left-padded; ``position_ids`` follow the attention mask as in ``generate``. Only conditional
+        rows (no guidance copy).
         """
-        return self._teacher_forced(requests, direction, answers).inputs
+        check_direction(direction)
+        if answers is not None and len(answers) != len(requests):
+            raise ValueError(f"forward_inputs: {len(requests)} requests but {len(answers)} answers")
+        torch = self._torch
+        if direction == "und":
+            enc = self._encode(requests, "und", None if answers is None else [str(a) for a in answers])
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
+            if "pixel_values" in enc:
+                kwargs["pixel_values"] = enc["pixel_values"]
+            spans = (
+                [(ids.shape[1], 0)] * len(requests) if answers is None else self._answer_spans(requests, enc)
+            )
+            targets = ids
+        else:
+            enc = self._encode(requests, "gen")
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            embeds = self._model.get_input_embeddings()(ids)
+            spans = [(ids.shape[1], 0)] * len(requests)
+            targets = ids
+            if answers is not None:
+                tokens = self._answer_tokens(answers)
+                image_embeds = self._model.prepare_embeddings_for_image_generation(tokens[:, :-1])
+                embeds = torch.cat([embeds, image_embeds.to(embeds.dtype)], dim=1)
+                mask = torch.cat([mask, mask.new_ones(tokens.shape[0], tokens.shape[1] - 1)], dim=1)
+                targets = torch.cat([ids, tokens], dim=1)  # the answer's tokens follow the prompt's columns
+                spans = [(ids.shape[1], tokens.shape[1])] * len(requests)
+            kwargs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask)}
+        return _answer_layout(direction, kwargs, mask, targets, spans)
+
+    def answer_logprobs(self, inputs: ForwardPass, hidden: Any) -> Any:
+        torch = self._torch
+        rows = torch.arange(len(inputs), device=hidden.device)[:, None]
+        head = self._model.lm_head if inputs.direction == "und" else self._model.model.generation_head
+        logits = head(hidden[rows, inputs.answer_positions.to(hidden.device)]).float()
+        targets = inputs.targets.to(hidden.device)
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+        return torch.where(inputs.answer_mask.to(hidden.device), picked, torch.zeros_like(picked))
 
     def span_positions(self, request: Request, span: str, direction: str) -> list[int]:
         """Positions of the first ``span`` in the prompt, indexing this request's unpadded model input.
 
         The same positions index ``forward_inputs([request], direction)`` (no padding for a single request).
         """
-        _check_direction(direction)
+        check_direction(direction)
         text = self._chat_text(request, direction)
         ids = self._encode([request], direction)["input_ids"][0].tolist()
         return span_positions_in(self.processor.tokenizer, text, request.prompt, span, ids)
@@ -269,7 +275,7 @@ class JanusAdapter:
         return chat_text(self.processor, request.prompt, has_image, answer)
 
     def _encode(self, batch: Sequence[Request], direction: str, answers: Sequence[str] | None = None) -> Any:
-        _check_direction(direction)
+        check_direction(direction)
         if direction == "gen":
             batch = self._policy.apply(batch, "Janus", record=False)
         texts = [
@@ -286,47 +292,23 @@ class JanusAdapter:
             enc["pixel_values"] = enc["pixel_values"].to(self._model.dtype)
         return enc
 
-    def _teacher_forced(
-        self, batch: Sequence[Request], direction: str, answers: Sequence[Any] | None
-    ) -> TeacherForced:
-        torch = self._torch
-        if direction == "und":
-            enc = self._encode(batch, "und", None if answers is None else [str(a) for a in answers])
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
-            if "pixel_values" in enc:
-                inputs["pixel_values"] = enc["pixel_values"]
-            if answers is None:
-                return TeacherForced(inputs, ids[:, :0], mask[:, :0].bool(), slice(0, 0))
-            lengths = self._answer_lengths(batch, ids, mask)
-            width = max(max(lengths), 1)
-            slots = torch.arange(width, device=ids.device)[None, :]
-            real = slots >= (width - torch.tensor(lengths, device=ids.device))[:, None]
-            return TeacherForced(inputs, ids[:, -width:], real, slice(-width - 1, -1))
-        enc = self._encode(batch, "gen")
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        embeds = self._model.get_input_embeddings()(ids)
-        if answers is None:
-            inputs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask)}
-            return TeacherForced(inputs, ids[:, :0], mask[:, :0].bool(), slice(0, 0))
-        tokens = self._answer_tokens(answers)
-        image_embeds = self._model.prepare_embeddings_for_image_generation(tokens[:, :-1])
-        embeds = torch.cat([embeds, image_embeds.to(embeds.dtype)], dim=1)
-        mask = torch.cat([mask, mask.new_ones(tokens.shape[0], tokens.shape[1] - 1)], dim=1)
-        inputs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask)}
-        return TeacherForced(
-            inputs, tokens, torch.ones_like(tokens, dtype=torch.bool), slice(-tokens.shape[1], None)
-        )
-
-    def _answer_lengths(self, batch: Sequence[Request], full_ids: Any, full_mask: Any) -> list[int]:
-        """Answer tokens per row: what the filled-in assistant turn adds beyond the generation prompt."""
+    def _answer_spans(self, batch: Sequence[Request], full: Any) -> list[tuple[int, int]]:
+        """Per row (padded column of the first answer token, answer length): what the filled-in assistant turn
+        adds beyond the generation prompt, without special tokens the template appends after the answer."""
         prompt = self._encode(batch, "und")
-        lengths = []
+        specials = set(self.processor.tokenizer.all_special_ids)
+        width = full["input_ids"].shape[1]
+        spans = []
         for i in range(len(batch)):
-            full = full_ids[i][full_mask[i].bool()].tolist()
+            real = full["attention_mask"][i].bool()
+            ids = full["input_ids"][i][real].tolist()
             head = prompt["input_ids"][i][prompt["attention_mask"][i].bool()].tolist()
-            lengths.append(len(full) - common_prefix_length(full, head))
-        return lengths
+            start = common_prefix_length(ids, head)
+            end = len(ids)
+            while end > start and ids[end - 1] in specials:
+                end -= 1
+            spans.append((width - len(ids) + start, end - start))
+        return spans
 
     def _answer_tokens(self, answers: Sequence[Any]) -> Any:
         """Reference images as VQ ids; answers already given as token ids (B, N) pass through."""
@@ -356,9 +338,30 @@ class JanusAdapter:
         return config
 
 
-def _check_direction(direction: str) -> None:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+def _answer_layout(
+    direction: str, kwargs: dict[str, Any], mask: Any, tokens: Any, spans: Sequence[tuple[int, int]]
+) -> ForwardPass:
+    """A :class:`ForwardPass` whose answer of row ``b`` is ``tokens[b, start:start + n]`` for ``spans[b]``.
+
+    The hidden state at column ``c - 1`` predicts the token at column ``c``, so the answer's predicting
+    columns start one before it and the prompt ends there.
+    """
+    import torch
+
+    n_answer = max((n for _, n in spans), default=0)
+    rows = len(spans)
+    positions = torch.zeros(rows, n_answer, dtype=torch.long)
+    targets = torch.zeros(rows, n_answer, dtype=torch.long)
+    answer_mask = torch.zeros(rows, n_answer, dtype=torch.bool)
+    for b, (start, n) in enumerate(spans):
+        if n:
+            cols = torch.arange(start - 1, start - 1 + n)
+            positions[b, n_answer - n :] = cols
+            targets[b, n_answer - n :] = tokens[b, start : start + n].cpu()
+            answer_mask[b, n_answer - n :] = True
+    offsets = (mask == 0).long().sum(1).cpu()
+    prompt_end = torch.tensor([start - 1 for start, _ in spans], dtype=torch.long)
+    return ForwardPass(direction, (), kwargs, offsets, prompt_end, positions, targets, answer_mask)
 
 
 def _positions(mask: Any) -> Any:

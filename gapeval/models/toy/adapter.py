@@ -10,15 +10,17 @@ from typing import Any
 import torch
 from PIL import Image
 
-from gapeval.models.base import Request
+from gapeval.models.base import ForwardPass, Request, TeacherForcing, check_direction
 from gapeval.models.toy.checkpoint import CheckpointError, load_checkpoint
 from gapeval.models.toy.codec import N_TOKENS
 from gapeval.models.toy.model import Batch, ToyUMM
 from gapeval.models.toy.sequence import IGNORE, SequenceBuilder
+from gapeval.models.toy.sequence import Sequence as ToySequence
 from gapeval.models.toy.tokenizer import SPECIALS, words
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 PREFILL_ROWS = 24  # rows per length-sorted prompt sub-batch (see ToyAdapter._prefill)
+COMPONENTS = {"attn": "self_attn", "mlp": "mlp", "mlp_out": "mlp.down_proj"}
 
 
 def shipped_checkpoint(variant: str = "shared", step: int | None = None) -> Path:
@@ -37,7 +39,7 @@ def shipped_checkpoint(variant: str = "shared", step: int | None = None) -> Path
     return wanted
 
 
-class ToyAdapter:
+class ToyAdapter(TeacherForcing):
     """Batched greedy (or seeded sampled) decoding with a KV cache for both directions."""
 
     def __init__(
@@ -50,6 +52,7 @@ class ToyAdapter:
     ):
         self.checkpoint = Path(checkpoint)
         self.model, self.tokenizer, self.codec, self.meta = load_checkpoint(self.checkpoint)
+        self.model.requires_grad_(False)  # frozen: only what an intervention adds (e.g. LoRA) trains
         self.variant = self.model.config.variant
         self.name = f"toy-{self.variant}"
         self.builder = SequenceBuilder(self.tokenizer, self.codec, self.variant)
@@ -199,7 +202,7 @@ class ToyAdapter:
             return self.tokenizer.decode(seq.ids[prompt_len:])
         return self.codec.decode([i - n_text for i in seq.ids[-N_TOKENS:]])
 
-    # --- intervention extensions -----------------------------------------------------------------------------
+    # --- intervention extensions (gapeval.models.base.Intervenable) ------------------------------------------
 
     @property
     def module(self) -> ToyUMM:
@@ -210,38 +213,82 @@ class ToyAdapter:
         return "layers"
 
     @property
+    def hidden_path(self) -> str:
+        return "norm"
+
+    @property
+    def components(self) -> dict[str, str]:
+        return dict(COMPONENTS)
+
+    @property
     def lora_targets(self) -> list[str]:
-        return ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+        return [
+            f"layers.{i}.{name}"
+            for i in range(len(self.model.layers))
+            for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+            + ("mlp.up_proj", "mlp.down_proj")
+        ]
 
-    def logprob(self, requests: Sequence[Request], answers: Sequence[Any], direction: str) -> list[float]:
-        """Sum of teacher-forced log-probs of each answer (text for und; a PIL image's codes for gen).
+    def _sequence(self, request: Request, direction: str, answer: Any) -> ToySequence:
+        if answer is None:
+            return self.builder.prompt(request.prompt, request.image, direction)
+        if direction == "gen" and not isinstance(answer, Image.Image):  # codes of the answer image
+            seq = self.builder.prompt(request.prompt, request.image, direction)
+            return self.builder.add_image_answer(seq, [int(c) for c in answer])
+        return self.builder.example(request.prompt, request.image, direction, answer)
 
-        Normalised over the direction's vocabulary, as decoding is. Gradients flow (LoRA training uses this).
-        """
+    def forward_inputs(
+        self, requests: Sequence[Request], direction: str, answers: Sequence[Any] | None = None
+    ) -> ForwardPass:
+        """``module(batch)`` on the sequences of :mod:`sequence`; gen answers are PIL images or 16 codes."""
+        check_direction(direction)
+        if answers is not None and len(answers) != len(requests):
+            raise ValueError(f"forward_inputs: {len(requests)} requests but {len(answers)} answers")
         seqs = [
-            self.builder.example(r.prompt, r.image, direction, a)
-            for r, a in zip(requests, answers, strict=True)
+            self._sequence(r, direction, None if answers is None else answers[i])
+            for i, r in enumerate(requests)
         ]
         batch, target = self.builder.collate(seqs)
-        h = self.model(batch)
-        n_text = len(self.tokenizer)
-        if direction == "und":
-            logp = torch.log_softmax(
-                self.model.text_logits(h, self.model.cell_memory(batch, h)) + self._text_bias, -1
-            )
-            idx = target.clamp(min=0)
+        width = batch.ids.shape[1]
+        offsets = torch.tensor([width - len(s) for s in seqs], dtype=torch.long)
+        predicts = target != IGNORE
+        if direction == "und":  # no end-of-answer term: drop the last target (<eos>) of each row
+            last = width - 1 - predicts.flip(1).long().argmax(1)
+            predicts[torch.arange(len(seqs)), last] = False
+        counts = predicts.sum(1)
+        n_answer = int(counts.max()) if len(seqs) else 0
+        positions = torch.zeros(len(seqs), n_answer, dtype=torch.long)
+        targets = torch.zeros(len(seqs), n_answer, dtype=torch.long)
+        mask = torch.arange(n_answer)[None, :] >= (n_answer - counts)[:, None]
+        shift = 0 if direction == "und" else len(self.tokenizer)
+        for row in range(len(seqs)):
+            cols = predicts[row].nonzero()[:, 0]
+            positions[row, n_answer - len(cols) :] = cols
+            targets[row, n_answer - len(cols) :] = target[row, cols] - shift
+        # The direction token ends the prompt: the first column with a target, or the last one without answers.
+        has_answer = (target != IGNORE).any(1)
+        prompt_end = torch.where(has_answer, (target != IGNORE).long().argmax(1), width - 1)
+        return ForwardPass(direction, (batch,), {}, offsets, prompt_end, positions, targets, mask)
+
+    def answer_logprobs(self, inputs: ForwardPass, hidden: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(len(inputs))[:, None]
+        h = hidden[rows, inputs.answer_positions]
+        if inputs.direction == "und":
+            memory = self.model.cell_memory(inputs.args[0], hidden)
+            logits = self.model.text_logits(h, memory) + self._text_bias
         else:
-            logp = torch.log_softmax(self.model.image_logits(h), -1)
-            idx = (target - n_text).clamp(min=0)
-        picked = logp.gather(-1, idx[..., None])[..., 0]
-        picked = torch.where(target != IGNORE, picked, torch.zeros_like(picked))
-        totals = picked.sum(1)
-        return totals if torch.is_grad_enabled() and totals.requires_grad else totals.tolist()
+            logits = self.model.image_logits(h)
+        picked = torch.log_softmax(logits, -1).gather(-1, inputs.targets[..., None])[..., 0]
+        return torch.where(inputs.answer_mask, picked, torch.zeros_like(picked))
 
     def span_positions(self, request: Request, span: str, direction: str) -> list[int]:
         """Positions (in the unpadded sequence) of the words of ``span`` inside the prompt, first occurrence."""
+        check_direction(direction)
+        unknown = [w for w in words(span) if w not in self.tokenizer.index]
+        if unknown or not words(span):
+            raise ValueError(f"span {span!r} has words the model cannot represent: {unknown}")
         seq = self.builder.prompt(request.prompt, request.image, direction)
-        target = [self.tokenizer.index.get(w, self.tokenizer.unk_id) for w in words(span)]
+        target = self.tokenizer.encode(span)
         ids = seq.ids
         for start in range(seq.prompt_start, len(ids) - len(target) + 1):
             if ids[start : start + len(target)] == target:
