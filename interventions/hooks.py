@@ -1,0 +1,91 @@
+"""Read or rewrite a decoder layer's activations through the adapter contract, with plain torch hooks.
+
+A *site* names where in layer ``L`` a tensor lives: ``"resid_pre"`` (the residual stream entering the layer; at
+layer 0 that is the embeddings), ``"resid_post"`` (leaving it), or a component of the contract
+(``"attn"``, ``"mlp"``, ``"mlp_out"``: that module's output). Hooks work in any forward pass the module runs:
+teacher-forced passes, and every step of KV-cached decoding (where the tensors hold only the new tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+
+from gapeval.models.base import Intervenable
+
+SITES = ("resid_pre", "resid_post", "attn", "mlp", "mlp_out")
+Rewrite = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+def layers(model: Intervenable) -> torch.nn.ModuleList:
+    return model.module.get_submodule(model.layers_path)
+
+
+def site_module(model: Intervenable, layer: int, site: str) -> torch.nn.Module:
+    if site not in SITES:
+        raise ValueError(f"site must be one of {SITES}, got {site!r}")
+    block = layers(model)[layer]
+    return block if site in ("resid_pre", "resid_post") else block.get_submodule(model.components[site])
+
+
+def _first(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _replace_first(value: Any, tensor: torch.Tensor) -> Any:
+    return (tensor, *value[1:]) if isinstance(value, tuple) else tensor
+
+
+@contextmanager
+def rewrite(model: Intervenable, layer: int, site: str, fn: Rewrite) -> Iterator[None]:
+    """Inside the block, ``fn(tensor)`` (B, T, d) sees the site's tensor in every forward pass and may return a
+    replacement (or None to leave it); on exit the hook is gone."""
+    module = site_module(model, layer, site)
+    if site == "resid_pre":
+
+        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+            if args:
+                new = fn(args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            new = fn(kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+    else:
+
+        def post(_m: torch.nn.Module, _args: tuple, out: Any) -> Any:
+            new = fn(_first(out))
+            return None if new is None else _replace_first(out, new)
+
+        handle = module.register_forward_hook(post)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def rewrites(model: Intervenable, plan: dict[tuple[int, str], Rewrite]) -> Iterator[None]:
+    """Several :func:`rewrite` hooks at once, keyed by (layer, site)."""
+    with ExitStack() as stack:
+        for (layer, site), fn in plan.items():
+            stack.enter_context(rewrite(model, layer, site, fn))
+        yield
+
+
+@contextmanager
+def recording(model: Intervenable, sites: list[tuple[int, str]]) -> Iterator[dict[tuple[int, str], list]]:
+    """Collect each site's tensor of every forward pass in the block: ``{(layer, site): [tensor, ...]}``."""
+    seen: dict[tuple[int, str], list] = {key: [] for key in sites}
+
+    def keep(key: tuple[int, str]) -> Rewrite:
+        def fn(t: torch.Tensor) -> None:
+            seen[key].append(t.detach())
+
+        return fn
+
+    with rewrites(model, {key: keep(key) for key in sites}):
+        yield seen
