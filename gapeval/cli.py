@@ -121,7 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
     )
     if processes.is_main:
-        print(out)
+        from gapeval.report import headline
+
+        print(headline(out))
     return 0
 
 
@@ -200,10 +202,12 @@ register(Command("compare", "side-by-side table of several runs", _compare_argum
 register(Command("suite", "suite utilities (export)", _suite_arguments, _suite))
 
 
-def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
-    from gapeval.models.toy.train import TrainConfig
+# Literal copies of TrainConfig's defaults: building the parser must not import torch (tests check they agree).
+TRAIN_DEFAULTS = {"steps": 24000, "seed": 0, "threads": 1}
 
-    d = TrainConfig()
+
+def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
+    d = TRAIN_DEFAULTS
     p.add_argument(
         "--variant", choices=("shared", "decoupled"), default="shared", help="model family to train"
     )
@@ -211,21 +215,23 @@ def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps",
         type=int,
-        default=d.steps,
-        help=f"optimiser steps (default: {d.steps}; ignored with --quick)",
+        default=d["steps"],
+        help=f"optimiser steps (default: {d['steps']}; ignored with --quick)",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default: {d.seed})")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"training seed (default: {d['seed']})")
     p.add_argument(
         "--threads",
         type=int,
-        default=d.threads,
-        help=f"torch threads (default: {d.threads}, which reproduces the shipped checkpoints; the weights depend on it)",
+        default=d["threads"],
+        help=f"torch threads (default: {d['threads']}, which reproduces the shipped checkpoints; the weights depend on it)",
     )
     p.add_argument("--quick", action="store_true", help="a tiny model in seconds (for tests, not accuracy)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _train_toy(args: argparse.Namespace) -> int:
+    if args.steps < 1 and not args.quick:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
     from gapeval.models.toy.train import TrainConfig, train
 
     cfg = (

@@ -83,6 +83,19 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline(run_dir: str | Path) -> str:
+    """Two lines for the end of a run: per-direction accuracy, Gap Score with its CI and κ; the report's path."""
+    run_dir = Path(run_dir)
+    summary, _ = load_summary(run_dir)
+    o = summary["overall"]
+    errors = f", {o['n_error']} with errors" if o.get("n_error") else ""
+    return (
+        f"und acc {_num(o.get('und_acc'))} · gen acc {_num(o.get('gen_acc'))} · Gap Score {_gap(o)} · "
+        f"κ {_num(o.get('kappa'), 2)} ({o.get('n', 0)} items scored{errors})\n"
+        f"report: {run_dir / 'report.md'}"
+    )
+
+
 def write_report(run_dir: str | Path, bootstrap: int = 1000) -> Path:
     """Write ``report.md`` and ``report.png`` into the run directory; return the markdown path.
 

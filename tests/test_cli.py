@@ -65,7 +65,16 @@ def test_run_writes_a_run_directory(runs, capsys):
         )
         == 0
     )
-    assert "already complete" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "already complete" in captured.err
+    overall = json.loads((clean / "summary.json").read_text())["overall"]
+    lo, hi = overall["gap_reference_ci"]
+    assert overall["kappa"] is None  # every answer right: agreement beyond chance is undefined
+    assert captured.out.splitlines() == [
+        f"und acc {overall['und_acc']:.3f} · gen acc {overall['gen_acc']:.3f} · "
+        f"Gap Score {overall['gap_reference']:.3f} [{lo:.3f}, {hi:.3f}] · κ — (40 items scored)",
+        f"report: {clean / 'report.md'}",
+    ]
 
 
 def test_limit_takes_the_first_items(tmp_path):
@@ -150,6 +159,16 @@ def test_score_prints_the_output_path(tmp_path, capsys):
         ),
         (["run", "--model", "oracle", "--suite", "jsonl:/nonexistent", "--out", "X"], "/nonexistent"),
         (["report", "/nonexistent/run"], "does not exist"),
+        (["run", "--model", "toy", "--out", "X", "--model-arg", "foo=1"], "foo; accepted: batch_size"),
+        (["run", "--model", "oracle", "--out", "X", "--model-arg", "seed=x"], "seed must be an integer"),
+        (
+            ["run", "--model", "toy", "--out", "X", "--model-arg", "temperature=hot"],
+            "temperature must be a number, got 'hot'",
+        ),
+        (["run", "--model", "py:nosuchmod:f", "--out", "X"], "expected py:MODULE:FACTORY"),
+        (["run", "--model", "py:json:nosuch", "--out", "X"], "module 'json' has no 'nosuch'"),
+        (["run", "--model", "toy:shared@abc", "--out", "X"], "VARIANT@STEP (an integer), VARIANT@seedN"),
+        (["train-toy", "--steps", "0", "--out", "X"], "--steps must be at least 1"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, tmp_path, monkeypatch, capsys):
@@ -195,6 +214,22 @@ def test_commands_can_be_registered(capsys):
         assert capsys.readouterr().out == "lead\n"
     finally:
         COMMANDS[:] = [c for c in COMMANDS if c.name != "hello"]
+
+
+def test_train_toy_defaults_are_the_trainers():
+    from gapeval.cli import TRAIN_DEFAULTS
+    from gapeval.models.toy.train import TrainConfig
+
+    assert {key: getattr(TrainConfig(), key) for key in TRAIN_DEFAULTS} == TRAIN_DEFAULTS
+    parsed = build_parser().parse_args(["train-toy"])
+    assert {key: getattr(parsed, key) for key in TRAIN_DEFAULTS} == TRAIN_DEFAULTS
+
+
+def test_help_does_not_import_torch():
+    """`gapeval --help` stays fast: only the commands that need torch import it, when they run."""
+    code = "import sys; from gapeval.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_python_dash_m_entry_point():

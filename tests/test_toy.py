@@ -299,6 +299,21 @@ def test_corrupt_or_mismatched_checkpoints_fail_clearly(quick_run, tmp_path):
         load_checkpoint(bad)
 
 
+def test_checkpoint_with_non_finite_weights_is_refused(quick_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(quick_run[1], bad)
+    weights = load_file(str(bad / "model.safetensors"))
+    name = sorted(weights)[3]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, str(bad / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"non-finite weights .* in {name}"):
+        load_checkpoint(bad)
+
+
 def test_span_positions_refuse_words_outside_the_vocabulary(quick_run):
     """Unknown words all become <unk>: a span of them would be "found" at any other unknown word."""
     adapter = ToyAdapter(quick_run[1])

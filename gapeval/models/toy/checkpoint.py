@@ -77,6 +77,11 @@ def load_checkpoint(folder: str | Path) -> tuple[ToyUMM, TextTokenizer, ImageCod
                 f"{folder / 'model.safetensors'}: {name} has shape {tuple(tensor.shape)}, "
                 f"config expects {tuple(expected[name].shape)}"
             )
+    broken = sorted(name for name, tensor in weights.items() if not torch.isfinite(tensor).all())
+    if broken:  # a diverged or damaged run: it would load, decode garbage and score 0.0
+        raise CheckpointError(
+            f"{folder / 'model.safetensors'}: non-finite weights (NaN or inf) in {', '.join(broken[:5])}"
+        )
     model.load_state_dict({k: v.float() for k, v in weights.items()})
     model.set_text_cells(tokenizer.cell_ids())
     model.eval()
