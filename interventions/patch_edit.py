@@ -1,0 +1,155 @@
+"""Patching as an inference-time edit: clean activations written during full decoding, outputs judged.
+
+While the model decodes the corrupted prompt, hooks write the clean run's activations at chosen layers and prompt
+positions. The decoders run the whole prompt in one prefill pass and then one token at a time (KV cache), so the
+hooks write only in the prefill, at columns counted from the prompt's end: right-aligned columns are the same
+whatever left padding a decoder uses. Every row of the decoding batch is written, which is right when all rows
+hold the same prompt (one pair at a time here); a decoder that adds rows of its own (Janus's unconditional copies
+for guidance) gets them written too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gapeval.models.base import DIRECTIONS, Intervenable
+from interventions.hooks import rewrites
+from interventions.judged import judged
+from interventions.pairs import Pair, prompt_length
+from interventions.patching import COMPONENTS, Patch, Run, grid_rows, run, site_of
+
+WHERE = ("span", "end", "prompt")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Patch ``component`` row ``row`` (as in the grid) at ``where``: the entity span, the last prompt token, or
+    every prompt position. ``component`` None is the unpatched model."""
+
+    component: str | None = None
+    row: int = 0
+    where: str = "span"
+
+    @property
+    def name(self) -> str:
+        return "none" if self.component is None else f"{self.component}:{self.row}:{self.where}"
+
+
+def parse_condition(text: str) -> Condition:
+    """``none`` or ``COMPONENT:ROW:WHERE``, e.g. ``resid:0:span``."""
+    if text == "none":
+        return Condition()
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in COMPONENTS or parts[2] not in WHERE or not parts[1].isdigit():
+        raise ValueError(
+            f"condition {text!r}: expected none or COMPONENT:ROW:WHERE with {COMPONENTS}, {WHERE}"
+        )
+    return Condition(parts[0], int(parts[1]), parts[2])
+
+
+def default_conditions(model: Intervenable) -> list[Condition]:
+    """Unpatched, then the residual stream at the span and at the last prompt token, entering every layer."""
+    rows = range(grid_rows(model, "resid"))
+    return [Condition()] + [Condition("resid", row, where) for where in ("span", "end") for row in rows]
+
+
+def condition_patches(model: Intervenable, pair: Pair, direction: str, condition: Condition) -> list[Patch]:
+    """The patches of ``condition`` on ``pair``'s prompts in ``direction`` (clean and corrupt positions align)."""
+    if condition.component is None:
+        return []
+    request = pair.request("corrupt", direction)
+    if condition.where == "span":
+        positions = model.span_positions(request, pair.spans[1], direction)
+    elif condition.where == "end":
+        positions = [prompt_length(model, request, direction) - 1]
+    else:
+        positions = list(range(prompt_length(model, request, direction)))
+    return [Patch(*site_of(model, condition.component, condition.row), tuple(positions))]
+
+
+@contextmanager
+def patched_decoding(
+    model: Intervenable, source: Run, patches: Sequence[Patch], length: int
+) -> Iterator[None]:
+    """Inside the block, every forward pass over a prompt of ``length`` tokens (the prefill) gets ``source``'s
+    activations (its row 0) at the patches' positions, counted from the prompt's end; later passes are left."""
+    plan: dict[tuple[int, str], list[tuple[list[int], torch.Tensor]]] = {}
+    for patch in patches:
+        key = (patch.layer, patch.site)
+        values = source.values(key, 0, patch.source_positions)
+        plan.setdefault(key, []).append((list(patch.target), values))
+
+    def writer(writes: list[tuple[list[int], torch.Tensor]]):
+        def fn(t: torch.Tensor) -> torch.Tensor | None:
+            if t.shape[1] < length:
+                return None
+            t = t.clone()
+            for positions, values in writes:
+                cols = [t.shape[1] - length + p for p in positions]
+                t[:, cols] = values.to(t.dtype)
+            return t
+
+        return fn
+
+    with rewrites(model, {key: writer(writes) for key, writes in plan.items()}):
+        yield
+
+
+def edit_records(
+    model: Intervenable,
+    pairs: Sequence[Pair],
+    conditions: Sequence[Condition],
+    *,
+    directions: Sequence[str] = DIRECTIONS,
+    seed: int = 0,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """One record per (pair, direction, condition): does the decoded answer now follow the clean entity (``new``,
+    judged against the clean item) or keep the corrupted one (``old``)? Both items' judges see one decode."""
+    records = []
+    for pair in pairs:
+        for direction in directions:
+            source = run(model, pair.request("clean", direction), direction, pair.answers(direction))
+            length = prompt_length(model, pair.request("corrupt", direction), direction)
+            prompts = {f"{d}_prompt": pair.corrupt.prompt(d) for d in DIRECTIONS}
+            new = dataclasses.replace(pair.clean, id=f"{pair.id}:new", image=pair.corrupt.image, **prompts)
+            for condition in conditions:
+                patches = condition_patches(model, pair, direction, condition)
+                with patched_decoding(model, source, patches, length):
+                    judged_new, judged_old = judged(
+                        model, [new, pair.corrupt], directions=[direction], seed=seed
+                    )
+                records.append(
+                    {
+                        "pair": pair.id,
+                        "direction": direction,
+                        "condition": condition.name,
+                        "new": judged_new[direction]["correct"],
+                        "old": judged_old[direction]["correct"],
+                        "output": judged_old[direction]["output"],
+                    }
+                )
+                if progress is not None:
+                    progress.update(1)
+    return records
+
+
+def edit_table(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conditions × directions: share of pairs whose answer follows the clean entity (new) / keeps the old one."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        row = rows.setdefault(r["condition"], {"condition": r["condition"]})
+        for key in ("new", "old"):
+            row.setdefault(f"{r['direction']}_{key}", []).append(r[key])
+    for row in rows.values():
+        for key, marks in list(row.items()):
+            if isinstance(marks, list):
+                judged_marks = [m for m in marks if m is not None]
+                row[key] = sum(judged_marks) / len(judged_marks) if judged_marks else None
+    return list(rows.values())
