@@ -28,6 +28,7 @@ EPS = 1e-8
 LR, WEIGHT_DECAY, BETAS, ADAM_EPS = 0.05, 1e-4, (0.9, 0.999), 1e-8
 L_RAW_INIT = ((0.1, 0.0), (0.05, 0.1))
 ROW_SUM_TOL = 5e-3
+PAD_ROWS = 7  # models with at most this many rows share one padded batch (see _batches)
 
 Rows = np.ndarray | Sequence[Sequence[float]]
 
@@ -102,7 +103,7 @@ def _prepare(model: str, rows: Rows) -> _Prepared:
 
 
 def _group_by_rows(preps: Mapping[str, _Prepared]) -> dict[int, list[str]]:
-    """Model names by row count: models fitted together share R, so no padding enters any model's sums."""
+    """Model names by row count (models that share R need no padding)."""
     groups: dict[int, list[str]] = {}
     for name, prep in preps.items():
         groups.setdefault(prep.counts.shape[0], []).append(name)
@@ -208,18 +209,22 @@ def _rowwise(x: torch.Tensor) -> torch.Tensor:
 
 
 def _reference_loss_and_grads(
-    counts: torch.Tensor, x: torch.Tensor, r: int
+    counts: torch.Tensor, x: torch.Tensor, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (M,) and its gradient (M, P) for M packed models, bit-identical to ``_reference_loss`` + autograd.
 
     Forward and backward are written out by hand so that each model sees exactly the float32 operations,
-    in the same order, that autograd performs for the release's graph (traced op by op).
+    in the same order, that autograd performs for the release's graph (traced op by op). ``counts`` is
+    (M, W, 4); model i uses its first ``rows[i]`` rows, and its padding rows (zero counts, deviations masked
+    to zero) add exact zeros to its sums and get zero gradients (see ``_batches`` for when that is exact).
     """
-    m = x.shape[0]
-    theta, beta, mu = x[:, : 2 * r].view(m, r, 2), x[:, 2 * r : 2 * r + 2], x[:, 2 * r + 2 : 2 * r + 4]
+    m, w = counts.shape[:2]
+    theta, beta, mu = x[:, : 2 * w].view(m, w, 2), x[:, 2 * w : 2 * w + 2], x[:, 2 * w + 2 : 2 * w + 4]
+    real = torch.arange(w)[None, :, None] < rows[:, None, None]
+    n_rows = rows.to(torch.float32)
     ts, tf, is_, if_ = counts.unbind(-1)
     # forward
-    tril = torch.tril(x[:, 2 * r + 4 :].view(m, 2, 2))
+    tril = torch.tril(x[:, 2 * w + 4 :].view(m, 2, 2))
     raw_diag = _rowwise(torch.diagonal(tril, dim1=1, dim2=2))
     diag = F.softplus(raw_diag) + 1e-4
     chol = tril.clone()
@@ -230,11 +235,11 @@ def _reference_loss_and_grads(
     x1, x2 = p_text + EPS, 1.0 - p_text + EPS
     x3, x4 = p_image + EPS, 1.0 - p_image + EPS
     terms = ts * torch.log(x1) + tf * torch.log(x2) + is_ * torch.log(x3) + if_ * torch.log(x4)
-    diff = theta - mu[:, None, :]
+    diff = torch.where(real, theta - mu[:, None, :], 0.0)
     proj = torch.bmm(diff, sigma_inv)
     quad = proj[..., 0] * diff[..., 0] + proj[..., 1] * diff[..., 1]
     anchor_scale = torch.ones(()) * 1e-3  # d loss / d (|beta|^2 + |mu|^2), as autograd forms it
-    loss = -terms.sum(-1) + 0.5 * quad.sum(-1) + r * torch.log(diag).sum(-1)
+    loss = -terms.sum(-1) + 0.5 * quad.sum(-1) + n_rows * torch.log(diag).sum(-1)
     loss = loss + 1e-3 * (beta.pow(2).sum(-1) + mu.pow(2).sum(-1))
     # backward: the likelihood
     g_image = -(-if_ / x4) + -is_ / x3
@@ -247,7 +252,7 @@ def _reference_loss_and_grads(
     g_sigma_inv = torch.bmm(diff.transpose(1, 2), g_proj)
     sit = sigma_inv.transpose(1, 2)
     g_sigma = -torch.bmm(sit, torch.bmm(g_sigma_inv, sit))
-    g_chol = torch.diag_embed(r * torch.ones(()) / diag) + torch.bmm(g_sigma, chol)
+    g_chol = torch.diag_embed(n_rows[:, None] * torch.ones(()) / diag) + torch.bmm(g_sigma, chol)
     g_chol = g_chol + torch.bmm(g_sigma.transpose(1, 2), chol)
     g_raw_diag = torch.ops.aten.softplus_backward(
         _rowwise(torch.diagonal(g_chol, dim1=1, dim2=2)), raw_diag, 1, 20
@@ -256,7 +261,7 @@ def _reference_loss_and_grads(
     g_l_raw.diagonal(dim1=1, dim2=2).copy_(g_raw_diag)
     grad = torch.cat(
         [
-            torch.stack([g_diff[..., 0] + g_text, g_diff[..., 1] + g_image], dim=-1).view(m, 2 * r),
+            torch.stack([g_diff[..., 0] + g_text, g_diff[..., 1] + g_image], dim=-1).view(m, 2 * w),
             anchor_scale * (beta * 2.0) + torch.stack([(-g_text).sum(-1), (-g_image).sum(-1)], dim=-1),
             (-g_diff).sum(1) + anchor_scale * (mu * 2.0),
             g_l_raw.view(m, 4),
@@ -266,22 +271,26 @@ def _reference_loss_and_grads(
     return loss, grad
 
 
-def _fit_reference_batch(counts: torch.Tensor, steps: int) -> torch.Tensor:
-    """Run the reference optimisation for M models with R rows each at once; returns the kept θ (M, R, 2).
+def _fit_reference_batch(counts: torch.Tensor, rows: torch.Tensor, steps: int) -> torch.Tensor:
+    """Run the reference optimisation for M models at once; returns the kept θ (M, W, 2).
 
-    AdamW is elementwise, so packing every model's parameters into one (M, P) tensor and applying the update
-    by hand (the float32 operations of torch's single-tensor AdamW) gives each model its own trajectory.
+    ``counts`` (M, W, 4) holds model i's rows first, then zero rows up to W; ``rows`` (M,) says how many
+    are real. AdamW is elementwise, so packing every model's parameters into one (M, P) tensor and applying
+    the update by hand (the float32 operations of torch's single-tensor AdamW) gives each model its own
+    trajectory; a padding row's parameters get zero gradients, so they never touch a real one.
     """
-    m, r = counts.shape[:2]
-    theta0 = _initial_theta(counts)
+    m, w = counts.shape[:2]
+    real = torch.arange(w)[None, :, None] < rows[:, None, None]
+    theta0 = torch.where(real, _initial_theta(counts), 0.0)
+    mu0 = theta0.sum(dim=1) / rows.to(torch.float32)[:, None]  # the mean over real rows, as torch forms it
     l_raw0 = torch.tensor(L_RAW_INIT).reshape(1, 4).expand(m, 4)
-    x = torch.cat([theta0.reshape(m, 2 * r), torch.zeros(m, 2), theta0.mean(dim=1), l_raw0], dim=1)
+    x = torch.cat([theta0.reshape(m, 2 * w), torch.zeros(m, 2), mu0, l_raw0], dim=1)
     exp_avg, exp_avg_sq = torch.zeros_like(x), torch.zeros_like(x)
     best_loss = torch.full((m,), math.inf)
     best_theta = theta0.clone()
     beta1, beta2 = BETAS
     for step in range(1, steps + 1):
-        loss, grad = _reference_loss_and_grads(counts, x, r)
+        loss, grad = _reference_loss_and_grads(counts, x, rows)
         x.mul_(1 - LR * WEIGHT_DECAY)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -289,22 +298,45 @@ def _fit_reference_batch(counts: torch.Tensor, steps: int) -> torch.Tensor:
         x.addcdiv_(exp_avg, denom, value=-(LR / (1 - beta1**step)))
         improved = loss < best_loss
         best_loss = torch.where(improved, loss, best_loss)
-        best_theta = torch.where(improved[:, None, None], x[:, : 2 * r].view(m, r, 2), best_theta)
+        best_theta = torch.where(improved[:, None, None], x[:, : 2 * w].view(m, w, 2), best_theta)
     return best_theta
 
 
+def _batches(preps: Mapping[str, _Prepared]) -> list[list[str]]:
+    """Model names fitted together: every model with up to ``PAD_ROWS`` rows in one padded batch, larger
+    models by row count.
+
+    Padding is exact only while torch's CPU kernels treat the short rows the same way: up to 7 elements, a
+    float32 sum adds them in an order that trailing zeros leave unchanged, and elementwise kernels take their
+    scalar path; from 8 on, sums switch to SIMD accumulators whose grouping depends on the length.
+    """
+    small = [name for name, prep in preps.items() if prep.counts.shape[0] <= PAD_ROWS]
+    large = {name: prep for name, prep in preps.items() if prep.counts.shape[0] > PAD_ROWS}
+    return ([small] if small else []) + list(_group_by_rows(large).values())
+
+
+def _padded(preps: Sequence[_Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts (M, W, 4) with zero rows after each model's own, rows (M,))."""
+    rows = torch.tensor([p.counts.shape[0] for p in preps])
+    counts = torch.zeros(len(preps), int(rows.max()), 4)
+    for i, prep in enumerate(preps):
+        counts[i, : prep.counts.shape[0]] = prep.counts
+    return counts, rows
+
+
 def gap_scores_reference_batched(models: Mapping[str, Rows], steps: int = 2000) -> dict[str, GapResult]:
-    """The reference Gap Score for many models in one vectorised optimisation per row count R.
+    """The reference Gap Score for many models in one vectorised optimisation (see ``_batches``).
 
     Bit-identical to calling ``gap_score_reference`` on each model (the tests check it), and much faster.
     """
     preps = {name: _prepare(name, rows) for name, rows in models.items()}
     out: dict[str, GapResult] = {}
-    for names in _group_by_rows(preps).values():
+    for names in _batches(preps):
+        counts, rows = _padded([preps[n] for n in names])
         with one_torch_thread():
-            theta = _fit_reference_batch(torch.stack([preps[n].counts for n in names]), steps)
-        for name, th in zip(names, theta, strict=True):
-            out[name] = _result(th[:, 0] - th[:, 1], preps[name])
+            theta = _fit_reference_batch(counts, rows, steps)
+        for name, th, r in zip(names, theta, rows.tolist(), strict=True):
+            out[name] = _result(th[:r, 0] - th[:r, 1], preps[name])
     return {name: out[name] for name in models}
 
 
