@@ -245,6 +245,15 @@ def _train_toy(args: argparse.Namespace) -> int:
 register(Command("train-toy", "train the built-in UMM on the synth world", _train_toy_arguments, _train_toy))
 
 
+def _edit_command() -> Command:
+    from interventions.edit_command import add_arguments, handler
+
+    return Command("edit", "train knowledge in through one direction, judge both", add_arguments, handler)
+
+
+register(_edit_command())
+
+
 # --- entry point -----------------------------------------------------------------------------------------
 
 
