@@ -250,14 +250,46 @@ def _word(rng: random.Random, syllables: int) -> str:
     return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))
 
 
+def _reserve_realms(rng: random.Random, n: int, taken: set[str], kinds: list[Obj]) -> list[Realm]:
+    """``n`` never-pictured realms named like the taught ones (so the name's form gives nothing away).
+
+    ``taken`` (the taught realms' and founders' names) grows with every name drawn, so no two names collide.
+    """
+
+    def fresh(syllables: int) -> str:
+        while (w := _word(rng, syllables).capitalize()) in taken:
+            pass
+        taken.add(w)
+        return w
+
+    return [
+        Realm(
+            name=fresh(3),
+            founder=fresh(2),
+            emblem=kinds[rng.randrange(len(kinds))],
+            emblem_cell=(rng.randrange(GRID), rng.randrange(GRID)),
+            pictured=False,
+        )
+        for _ in range(n)
+    ]
+
+
 class World:
     """The synth world for one seed: realms with founders and emblems, plus the scene vocabulary.
 
     ``pictured_fraction`` of realms have their emblem shown as a picture in training; the rest are known from
     text alone, which is what the world-knowledge items probe.
+
+    Reserve realms are targets for knowledge injection, ``n_reserve`` of each kind: ``reserve_known`` realms
+    are taught in text by name and founder but their emblem never (a new fact about a known entity);
+    ``reserve_unseen`` realms are in the tokenizer's vocabulary and nowhere in training (a new entity). Their
+    emblems are what an inject experiment would teach. They come from a random stream of their own, so the
+    taught realms (and the synth suite) are the same with or without them.
     """
 
-    def __init__(self, seed: int = 0, n_realms: int = 48, pictured_fraction: float = 0.5):
+    def __init__(
+        self, seed: int = 0, n_realms: int = 48, pictured_fraction: float = 0.5, n_reserve: int = 16
+    ):
         rng = random.Random(f"world-{seed}")
         names: set[str] = set()
         realms_names, founders = [], []
@@ -284,9 +316,12 @@ class World:
             )
             for i in range(n_realms)
         ]
+        reserve = _reserve_realms(random.Random(f"world-{seed}-reserve"), 2 * n_reserve, names, kinds)
+        self.reserve_known, self.reserve_unseen = reserve[:n_reserve], reserve[n_reserve:]
 
     def realm(self, name: str) -> Realm:
-        for r in self.realms:
+        """A realm by name: taught or reserve (see :attr:`reserve_known`, :attr:`reserve_unseen`)."""
+        for r in self.realms + self.reserve_known + self.reserve_unseen:
             if r.name == name:
                 return r
         raise KeyError(name)

@@ -8,7 +8,9 @@ Two kinds of task, each in both directions:
   so no training question equals a suite question (:func:`gapeval.synth.item_key`).
 
 Realm facts are taught mostly in text: every realm's founder and emblem are asked and answered in the und
-direction, but emblems are *drawn* only for the realms the world marks ``pictured``. The suite asks each realm
+direction, but emblems are *drawn* only for the realms the world marks ``pictured``. Of the world's reserve
+realms (knowledge-injection targets), the ``reserve_known`` ones are taught by name and founder only, never
+their emblem; the ``reserve_unseen`` ones never appear (they are only in the tokenizer's vocabulary). The suite asks each realm
 with one of three phrasings, rotated across realms (:func:`gapeval.synth.suite.suite_phrasing`); training asks
 that realm only with the other two. So every phrasing is learned, no suite question is seen, and the suite's
 world-knowledge gen items on unpictured realms measure whether facts learned in text reach generation.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from gapeval.models.toy.tokenizer import words
 from gapeval.synth.suite import (
     GENERATORS,
     OPTIONS_NOTE,
@@ -192,17 +195,26 @@ def _training_phrasing(world, rng, realm, hop) -> int:
     return rng.choice([p for p in range(len(WK_UND)) if p != suite_phrasing(world, realm, hop)])
 
 
+def _founder_fact(task: str, realm, question: int) -> Example:
+    if question == 0:
+        return Example(task, "und", f"Who founded {realm.name}?", None, realm.founder)
+    return Example(task, "und", f"Which realm did {realm.founder} found?", None, realm.name)
+
+
 def realm_fact(world, rng, level):
     r = rng.choice(world.realms)
     kind = rng.randrange(4)
-    if kind == 0:
-        return Example("fact", "und", f"Who founded {r.name}?", None, r.founder)
-    if kind == 1:
-        return Example("fact", "und", f"Which realm did {r.founder} found?", None, r.name)
+    if kind < 2:
+        return _founder_fact("fact", r, kind)
     hop = rng.choice(tuple(WK_SUBJECT))
     subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
     phrasing = _training_phrasing(world, rng, r, hop)
     return Example("fact", "und", WK_UND[phrasing].format(x=subject), None, r.emblem_scene.describe())
+
+
+def reserve_fact(world, rng, level):
+    """Both founder questions about a known reserve realm; its emblem is never stated or drawn."""
+    return _founder_fact("reserve_fact", rng.choice(world.reserve_known), rng.randrange(2))
 
 
 def realm_picture(world, rng, level):
@@ -282,11 +294,14 @@ MIXTURE: list[tuple[str, Callable, float, float]] = [
     ("mark_option", mark_option, 0.3, 0.0),
     ("fact", realm_fact, 1.2, 0.0),
     ("picture", realm_picture, 0.6, 0.0),
+    # The taught realms' founder questions per realm (1.2 × 1/2 × 16 of 48 realms), for 16 reserve realms.
+    ("reserve_fact", reserve_fact, 0.2, 0.0),
     ("instruction_following", _category("instruction_following"), 1.5, 0.3),
     ("numerical_perception", _category("numerical_perception"), 1.3, 0.3),
     ("reasoning", _category("reasoning"), 2.4, 0.3),
 ]
 CATEGORY_TASKS = {"instruction_following", "numerical_perception", "reasoning"}
+REALM_TASKS = {"fact", "picture", "reserve_fact"}  # the only tasks that name realms or founders
 
 
 class MixtureSampler:
@@ -309,18 +324,27 @@ def suite_keys(world_seed: int = 0, sizes=(420,)) -> set[str]:
 
 
 def vocabulary_texts(world: World) -> list[str]:
-    """Every word the world can produce, so the tokenizer never meets an unknown word from the world."""
-    texts = [f"{r.name} {r.founder}" for r in world.realms]
+    """Every word the world can produce, so the tokenizer never meets an unknown word from the world.
+
+    Reserve realms' names and founders are included, so an inject experiment can name them. A reserve name
+    that is also one of the language's other words would be taught after all: that raises.
+    """
+    realms = world.realms + world.reserve_known + world.reserve_unseen
+    texts = [f"{r.name} {r.founder}" for r in realms]
     texts += (
         list(COLOURS) + list(SHAPES) + [plural(s, 2) for s in SHAPES] + [cell_word(c) for c in all_cells()]
     )
     texts += [plural(k.kind, 2) for k in all_kinds()] + [str(i) for i in range(17)] + ["nothing objects"]
+    language: list[str] = []  # texts that name no realm
     sampler = MixtureSampler(world, 0, set())
     for _ in range(4000):
         ex = sampler.sample(1.0)
-        texts.append(ex.prompt)
-        if isinstance(ex.answer, str):
-            texts.append(ex.answer)
+        said = [ex.prompt] + ([ex.answer] if isinstance(ex.answer, str) else [])
+        (texts if ex.task in REALM_TASKS else language).extend(said)
     for it in build_suite(n=420, seed=world.seed):
-        texts += [it.und_prompt, it.gen_prompt, *it.reference]
-    return texts
+        said = [it.und_prompt, it.gen_prompt, *it.reference]
+        (texts if it.category == "world_knowledge" else language).extend(said)
+    reserve = {w for r in world.reserve_known + world.reserve_unseen for w in words(f"{r.name} {r.founder}")}
+    if clash := reserve & {w for t in language for w in words(t)}:
+        raise ValueError(f"reserve realm names {sorted(clash)} are also other words of the world's language")
+    return texts + language
