@@ -4,7 +4,8 @@ On disk, one folder per item ``data_<id>/`` holds ``prompt.json`` (``category``,
 ``und_prompt``, ``gen_prompt``, ``reference``, optional ``img`` and ``expect_image``), the input image in
 ``image/`` and the reference answer image in ``ref/``. Release category names map onto the toolkit's four
 categories; the original name is kept in ``meta["source_category"]``. Public items carry no machine-checkable
-spec (``spec=None``): their answers are free-form and need a VLM judge.
+spec (``spec=None``): their answers are free-form and need a VLM judge. The exception is the und answer of a
+counting item, whose reference names objects and their counts: the text judge reads those from the reply.
 """
 
 from __future__ import annotations
@@ -56,18 +57,44 @@ def map_category(name: Any, *, file: str, item: str) -> str:
     return SOURCE_CATEGORIES[key]
 
 
-def _references(value: Any, *, file: str, item: str) -> list[str]:
+def _references(value: Any) -> list[str]:
+    """Reference texts: strings as they are, anything else as JSON text (how the release hands it to its judge).
+
+    A list gives one accepted answer per entry; any other JSON value (an object such as a counting item's
+    ``{"objects": [...], "number": [...]}``, a number, true/false) is one answer.
+    """
     if value is None:
         return []
     values = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
-        raise ItemError(
-            f"reference must be a string or a list of strings, got {value!r}",
-            file=file,
-            item=item,
-            field="reference",
-        )
-    return [str(v) for v in values]
+    return [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
+
+
+def counting_spec(value: Any) -> dict[str, Any] | None:
+    """The und spec of a counting reference ``{"objects": [names], "number": [counts]}``, else None.
+
+    The reference may also come as that object's JSON text (a dataset column holds strings). A reference of
+    another shape stays text only: a VLM judge reads it.
+    """
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(value, dict):
+        return None
+    names, numbers = value.get("objects"), value.get("number")
+    if not (isinstance(names, list) and isinstance(numbers, list) and names and len(names) == len(numbers)):
+        return None
+    tally: dict[str, int] = {}
+    for name, number in zip(names, numbers, strict=True):
+        if isinstance(number, str) and number.strip().isdigit():
+            number = int(number)
+        if not (isinstance(name, str) and name.strip() and name.strip() not in tally):
+            return None
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            return None
+        tally[name.strip()] = number
+    return {"und": {"type": "tally", "tally": tally}}
 
 
 def item_from_record(
@@ -92,9 +119,9 @@ def item_from_record(
         und_prompt=und_prompt if und_prompt is not None else record.get("problem"),
         gen_prompt=record.get("gen_prompt"),
         image=image,
-        reference=_references(record.get("reference"), file=file, item=item_id),
+        reference=_references(record.get("reference")),
         reference_image=reference_image,
-        spec=None,
+        spec=counting_spec(record.get("reference")),
         meta={"source_category": category, "source": source},
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gapeval.items import DIRECTIONS
-from gapeval.judges.select import UnconfiguredImageJudge
+from gapeval.judges.select import UnconfiguredJudge
 
 MANIFEST, RESULTS, SUMMARY, IMAGES, SHARDS = (
     "manifest.json",
@@ -43,7 +43,7 @@ def holds_error(record: dict[str, Any]) -> bool:
     return any(
         isinstance(part := record.get(direction), dict)
         and part.get("error") is not None
-        and part.get("judge") != UnconfiguredImageJudge.id
+        and part.get("judge") != UnconfiguredJudge.id
         for direction in DIRECTIONS
     )
 

@@ -97,7 +97,8 @@ class JudgePlan:
         if unknown:
             raise ValueError(f"judge_overrides keys must be 'und'/'gen', got {sorted(unknown)}")
         self.overrides = dict(overrides or {})
-        self.vlm = _vlm_from_env() if "gen" not in self.overrides and needs_vlm(list(items)) else None
+        wanted = any(needs_vlm(list(items), d) for d in DIRECTIONS if d not in self.overrides)
+        self.vlm = _vlm_from_env() if wanted else None
         self._select = judge_for
 
     def judge(self, item: Item, direction: str) -> Judge:

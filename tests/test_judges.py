@@ -272,6 +272,27 @@ def test_objects_replies(reply, correct):
     assert TEXT.judge(item, reply).correct is correct
 
 
+@pytest.mark.parametrize(
+    "reply, correct",
+    [
+        ("2 tennis balls and five strawberries", True),
+        ("Tennis-balls: 2; strawberries = 5; also a bowl", True),  # other objects are allowed
+        ("There should be two big tennis balls and 5 ripe strawberries.", True),
+        ("Swap 5 tennis balls and 2 strawberries: now 2 tennis balls, 5 strawberries", True),  # last stated
+        ("2 tennis balls", False),
+        ("2 tennis balls and 4 strawberries", False),
+        ("tennis balls and strawberries", False),
+    ],
+)
+def test_tally_replies(reply, correct):
+    """Named counts of public counting items: any object name, singular or plural, digits or words."""
+    item = Item(
+        "t-4", "numerical_perception", "", "How many?", "Draw.",
+        spec={"und": {"type": "tally", "tally": {"tennis ball": 2, "strawberries": 5}}},
+    )  # fmt: skip
+    assert TEXT.judge(item, reply).correct is correct
+
+
 def test_without_spec_the_references_are_matched():
     item = Item("t-2", "world_knowledge", "", "Who?", "Draw.", reference=["the Eiffel Tower"])
     assert TEXT.judge(item, "It is the Eiffel tower!").correct is True
@@ -287,6 +308,9 @@ def test_judge_failures_are_errors_naming_item_and_field():
     assert image.correct is None and "t-1" in image.error and "spec.gen.type" in image.error
     no_gen = IMAGE.judge(synth_item(COUNTS), render(Scene()))
     assert no_gen.correct is None and "spec.gen" in no_gen.error
+    tally = Item("t-5", "reasoning", "", "q?", "draw", spec={"und": {"type": "tally", "tally": {"cat": -1}}})
+    verdict = TEXT.judge(tally, "-1 cat")
+    assert verdict.correct is None and "spec.und.tally" in verdict.error
     nothing = TEXT.judge(Item("t-3", "reasoning", "", "q?", "draw"), "B")
     assert nothing.correct is None and "t-3" in nothing.error and "reference" in nothing.error
 

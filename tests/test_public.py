@@ -8,7 +8,10 @@ from PIL import Image
 
 from gapeval.io import load_items, save_items, suite_hash
 from gapeval.items import ItemError
-from gapeval.public import load_public, load_public_hf, resolve_path_suite
+from gapeval.judges.select import NO_IMAGE_JUDGE, NO_TEXT_RULE, judge_for, needs_vlm
+from gapeval.judges.text import TextJudge
+from gapeval.judges.vlm import build_messages, load_rubrics
+from gapeval.public import counting_spec, load_public, load_public_hf, resolve_path_suite
 
 
 def colour_image(rgb, size=(12, 8)) -> Image.Image:
@@ -39,6 +42,7 @@ def prompt(category: str, **extra) -> dict:
 
 
 RED, GREEN, BLUE, GREY = (200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)
+COUNTING = {"objects": ["apple", "orange"], "number": [1, 3]}  # the release's counting reference
 
 
 @pytest.fixture
@@ -76,6 +80,8 @@ def tree(tmp_path) -> Path:
     write_item(root, 6, prompt(" multi hop "))
     write_item(root, 7, prompt("Multi-Hop"))
     write_item(root, 8, prompt("RULE-BASED"), {"image/x.png": Image.new("RGBA", (3, 3), (0, 0, 0, 0))})
+    write_item(root, 11, prompt("counting", reference=COUNTING))
+    write_item(root, 12, prompt("reasoning", reference={"answer": "B", "steps": [1, 2]}))
     (root / "notes").mkdir()
     (root / "data_old").mkdir()
     return root
@@ -84,7 +90,7 @@ def tree(tmp_path) -> Path:
 def test_public_tree_maps_categories_images_and_references(tree):
     items = load_public(tree)
     by_id = {it.id: it for it in items}
-    assert [it.id for it in items] == ["2", "3", "4", "5", "6", "7", "8", "10"]
+    assert [it.id for it in items] == ["2", "3", "4", "5", "6", "7", "8", "10", "11", "12"]
     assert {it.id: it.category for it in items} == {
         "2": "numerical_perception",
         "3": "world_knowledge",
@@ -94,11 +100,13 @@ def test_public_tree_maps_categories_images_and_references(tree):
         "7": "world_knowledge",
         "8": "instruction_following",
         "10": "instruction_following",
+        "11": "numerical_perception",
+        "12": "reasoning",
     }
     assert by_id["5"].meta == {"source_category": "physics", "source": "data_5"}
     assert by_id["5"].subcategory == "physics" and by_id["2"].subcategory == "Animals Counting"
     assert by_id["7"].meta["source_category"] == "Multi-Hop"
-    assert all(it.spec is None for it in items)
+    assert all(it.spec is None for it in items if it.id != "11")
 
     assert by_id["10"].reference == ["broken into pieces", "shattered"]
     assert by_id["2"].reference == ["3", "5"]
@@ -120,6 +128,53 @@ def test_public_items_round_trip_through_the_toolkit_format(tree, tmp_path):
     assert suite_hash(again) == suite_hash(items)
 
 
+def test_json_references_are_kept_structured_and_judged(tree):
+    """Counting references are objects: the text judge reads per-object counts, the VLM gets the JSON text."""
+    by_id = {it.id: it for it in load_public(tree)}
+    counting, other = by_id["11"], by_id["12"]
+    assert [json.loads(r) for r in counting.reference] == [COUNTING]
+    assert counting.spec == {"und": {"type": "tally", "tally": {"apple": 1, "orange": 3}}}
+    assert [json.loads(r) for r in other.reference] == [{"answer": "B", "steps": [1, 2]}]
+    assert other.spec is None
+
+    und = judge_for(counting, "und")
+    for reply, correct in [
+        ("After the swap: 1 apple and 3 oranges.", True),
+        ("You need three oranges and one apple", True),
+        ("apples: 1, oranges: 3", True),
+        ("3 apples and 1 orange", False),
+        ("1 apple", False),
+    ]:
+        verdict = und.judge(counting, reply)
+        assert verdict.correct is correct and verdict.error is None, reply
+    assert "orange=missing" in und.judge(counting, "1 apple").reason
+    assert judge_for(counting, "gen").judge(counting, Image.new("RGB", (4, 4))).error == NO_IMAGE_JUDGE
+
+    # no string match can decide a structured reference: a VLM judge, or an error (never a wrong answer)
+    assert judge_for(other, "und").judge(other, "B").error == NO_TEXT_RULE
+    vlm = judge_for(other, "und", vlm=TextJudge())
+    assert isinstance(vlm, TextJudge) and needs_vlm([counting], "und") is False
+    assert needs_vlm([counting, other], "und") is True
+    case = build_messages(load_rubrics(), counting, "1 apple and 3 oranges")[1]["content"]
+    assert json.dumps(COUNTING) in case
+
+
+def test_counting_references_of_other_shapes_stay_text():
+    assert counting_spec(json.dumps(COUNTING)) == counting_spec(COUNTING)  # a dataset column holds text
+    assert counting_spec({"objects": ["cat"], "number": ["2"]})["und"]["tally"] == {"cat": 2}
+    for odd in (
+        {"objects": ["cat", "dog"], "number": [1]},
+        {"objects": ["cat"], "number": [-1]},
+        {"objects": ["cat", "cat"], "number": [1, 2]},
+        {"objects": [""], "number": [1]},
+        {"objects": ["cat"], "number": [True]},
+        {"objects": "cat", "number": 1},
+        ["cat", 1],
+        "three cats",
+    ):
+        assert counting_spec(odd) is None, odd
+
+
 def check_error(root: Path, folder: Path, message: str, field: str | None):
     with pytest.raises(ItemError, match=message) as err:
         load_public(root)
@@ -134,7 +189,6 @@ def check_error(root: Path, folder: Path, message: str, field: str | None):
         ('{"category": "counting", ', {}, "malformed JSON", None),
         (prompt("cooking"), {}, "unknown category 'cooking'", "category"),
         (prompt(None), {}, "unknown category None", "category"),
-        (prompt("counting", reference={"a": 1}), {}, "reference must be a string or a list", "reference"),
         ({**prompt("counting"), "gen_prompt": ""}, {}, "gen_prompt must be a non-empty string", "gen_prompt"),
         (
             prompt("reasoning"),

@@ -38,8 +38,10 @@ class SynthImageJudge:
     def judge(self, item: Item, answer: Any) -> Verdict:
         try:
             spec = read_spec(item, "gen")
-            if spec.type == "option":
-                raise ItemError("an option cannot be checked in pixels", item=item.id, field="spec.gen.type")
+            if spec.type in ("option", "tally"):  # a letter, or names of objects the synth world cannot draw
+                raise ItemError(
+                    f"a {spec.type} spec cannot be checked in pixels", item=item.id, field="spec.gen.type"
+                )
         except ItemError as exc:
             return Verdict(None, self.id, error=str(exc))
         if not isinstance(answer, Image.Image):

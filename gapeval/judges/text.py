@@ -18,9 +18,10 @@ from typing import Any
 
 from gapeval.items import Item, ItemError
 from gapeval.judges.base import Verdict
+from gapeval.judges.tally import check_tally
 from gapeval.synth.world import COLOURS, GRID, LETTERS, NUMBER_WORDS, SHAPES, Cell, Obj, Scene, cell_word
 
-SPEC_TYPES = ("scene", "counts", "objects", "option")
+SPEC_TYPES = ("scene", "counts", "objects", "option", "tally")
 
 # --- specs ---------------------------------------------------------------------------------------------------
 
@@ -34,6 +35,7 @@ class Spec:
     counts: dict[Obj, int] = field(default_factory=dict)
     objects: Counter[Obj] = field(default_factory=Counter)
     option: str = ""
+    tally: dict[str, int] = field(default_factory=dict)
 
 
 def read_spec(item: Item, direction: str) -> Spec:
@@ -63,6 +65,12 @@ def read_spec(item: Item, direction: str) -> Spec:
             if not isinstance(body, list):
                 raise ValueError("expected a list of [shape, colour]")
             return Spec(kind, objects=Counter(_decode_obj(*pair) for pair in body))
+        if kind == "tally":
+            if not isinstance(body, dict) or not body:
+                raise ValueError("expected a non-empty mapping of object name to a count")
+            if not all(isinstance(name, str) and name.strip() for name in body):
+                raise ValueError("object names must be non-empty strings")
+            return Spec(kind, tally={name: _decode_count(n) for name, n in body.items()})
         if body not in tuple(LETTERS):
             raise ValueError(f"expected one of {', '.join(LETTERS)}")
         return Spec(kind, option=body)
@@ -297,6 +305,8 @@ class TextJudge:
             correct, reason = _check_counts(mentions, spec.counts)
         elif spec.type == "objects":
             correct, reason = _check_objects(mentions, spec.objects)
+        elif spec.type == "tally":
+            correct, reason = check_tally(answer, spec.tally)
         else:
             correct, reason = _check_option(answer, spec.option)
         return Verdict(correct, self.id, reason)
