@@ -95,20 +95,28 @@ def compare(attribution: dict[str, np.ndarray], exact: dict[str, np.ndarray]) ->
 
 
 def verify_top(
-    model: Intervenable, clean: Run, corrupt: Run, attribution: dict[str, np.ndarray], k: int = 10
+    model: Intervenable,
+    clean: Run,
+    corrupt: Run,
+    attribution: dict[str, np.ndarray],
+    k: int = 10,
+    positions: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Exact patching of the ``k`` cells with the largest |attribution| (grid columns = prompt positions)."""
+    """Exact patching of the ``k`` cells with the largest |attribution| (columns = ``positions``, as given to
+    :func:`attribution_grid`)."""
+    positions = list(range(corrupt.prompt_length)) if positions is None else list(positions)
     cells = sorted(
         ((c, row, col) for c in attribution for row, col in np.ndindex(attribution[c].shape)),
         key=lambda cell: -abs(attribution[cell[0]][cell[1], cell[2]]),
     )[:k]
-    patches = [Patch(*site_of(model, c, row), (col,)) for c, row, col in cells]
+    patches = [Patch(*site_of(model, c, row), (positions[col],)) for c, row, col in cells]
     exact = normalised(patched_ld(model, corrupt, clean, patches).numpy(), clean.ld, corrupt.ld)
     return [
         {
             "component": c,
             "row": row,
-            "position": col,
+            "column": col,
+            "position": positions[col],
             "attribution": float(attribution[c][row, col]),
             "exact": float(v),
         }

@@ -118,7 +118,8 @@ def edit_records(
             source = run(model, pair.request("clean", direction), direction, pair.answers(direction))
             length = prompt_length(model, pair.request("corrupt", direction), direction)
             prompts = {f"{d}_prompt": pair.corrupt.prompt(d) for d in DIRECTIONS}
-            new = dataclasses.replace(pair.clean, id=f"{pair.id}:new", image=pair.corrupt.image, **prompts)
+            # The corrupt item's id: the same sampling seed, so both judges read the same decode.
+            new = dataclasses.replace(pair.clean, id=pair.corrupt.id, image=pair.corrupt.image, **prompts)
             for condition in conditions:
                 patches = condition_patches(model, pair, direction, condition)
                 with patched_decoding(model, source, patches, length):
