@@ -70,16 +70,16 @@ def handler(args: argparse.Namespace) -> int:
     from interventions.lora import LoraEditor
     from interventions.specs import load_specs, locality_items, synth_specs
 
-    pool = get_suite(args.suite).items
-    model = load_model(args.model, pool, **parse_model_args(args.model_arg))
-    if not isinstance(model, Intervenable):
-        raise SystemExit(f"gapeval edit: model {args.model!r} does not expose the intervention contract")
     world = World(args.world_seed)
     specs = (
         load_specs(args.edits_file)
         if args.edits_file
         else synth_specs(world, args.kind, args.edits, args.seed)
     )
+    pool = get_suite(args.suite).items
+    model = load_model(args.model, pool, **parse_model_args(args.model_arg))
+    if not isinstance(model, Intervenable):
+        raise ValueError(f"model {args.model!r} does not expose the intervention contract")
     if args.method == "lora":
         editor = LoraEditor(seed=args.seed)
     else:
