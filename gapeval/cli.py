@@ -226,18 +226,38 @@ def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
         help=f"torch threads (default: {d['threads']}, which reproduces the shipped checkpoints; the weights depend on it)",
     )
     p.add_argument("--quick", action="store_true", help="a tiny model in seconds (for tests, not accuracy)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evaluate on the synth suite at step 0 and every N steps, appending to OUT/emergence.jsonl "
+        "(default: never; the checkpoints are the same either way)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the killed run in DIR from its last saved state, with that run's settings "
+        "(the other training options are ignored)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _train_toy(args: argparse.Namespace) -> int:
     if args.steps < 1 and not args.quick:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    from gapeval.models.toy.train import TrainConfig, train
+    from gapeval.models.toy.train import TrainConfig, resume, train
 
+    if args.resume:
+        print(resume(args.resume, progress=not args.no_progress))
+        return 0
+    if args.eval_every < 0:
+        raise ValueError(f"--eval-every must be 0 (never) or positive, got {args.eval_every}")
     cfg = (
         TrainConfig.quick(args.variant) if args.quick else TrainConfig(variant=args.variant, steps=args.steps)
     )
-    cfg.seed, cfg.threads = args.seed, args.threads
+    cfg.seed, cfg.threads, cfg.eval_every = args.seed, args.threads, args.eval_every
     print(train(cfg, args.out or Path("runs") / f"toy-{args.variant}", progress=not args.no_progress))
     return 0
 

@@ -1,10 +1,16 @@
-"""Train the built-in UMM on its world (``gapeval train-toy``): checkpoints along the way, loss per direction."""
+"""Train the built-in UMM on its world (``gapeval train-toy``): checkpoints along the way, loss per direction.
+
+A run can be resumed after a kill (:func:`resume`, state in :mod:`.resume`) and can log the suite's scores
+along the way (``eval_every``, :mod:`.emergence`); neither changes the checkpoints it writes.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,10 +22,21 @@ from tqdm.auto import tqdm
 from gapeval.models.toy.checkpoint import save_checkpoint
 from gapeval.models.toy.codec import ImageCodec
 from gapeval.models.toy.data import MixtureSampler, suite_keys, vocabulary_texts
+from gapeval.models.toy.emergence import EMERGENCE, EmergenceLog, eval_items
 from gapeval.models.toy.model import ToyConfig, ToyUMM
+from gapeval.models.toy.resume import (
+    RESUME,
+    TrainState,
+    rng_state_from_json,
+    rng_state_to_json,
+    sync_file,
+    truncate,
+)
 from gapeval.models.toy.sequence import IGNORE, SequenceBuilder
 from gapeval.models.toy.tokenizer import TextTokenizer
 from gapeval.synth.world import World
+
+TRAIN_LOG = "train_log.jsonl"
 
 
 @dataclass
@@ -46,6 +63,12 @@ class TrainConfig:
     log_every: int = 100
     # Length-sorted sub-batches per step (same loss, less padding); see direction_losses.
     groups: int = 4
+    # Evaluate on the suite every this many steps (and at step 0), appending to emergence.jsonl; 0 = never.
+    eval_every: int = 0
+    # Items evaluated: the whole default suite (420), or a stratified subset of it (see emergence.eval_items).
+    eval_items: int = 420
+    # Save the state a killed run resumes from every this many steps (and at every checkpoint).
+    resume_every: int = 500
 
     @classmethod
     def quick(cls, variant: str = "shared") -> TrainConfig:
@@ -62,6 +85,8 @@ class TrainConfig:
             log_every=10,
             codec_images=200,
             threads=1,
+            eval_items=24,
+            resume_every=10,
         )
 
 
@@ -116,72 +141,151 @@ def _eval_losses(model, builder, examples) -> dict[str, float]:
     return {k: round(sum(v) / len(v), 6) for k, v in sums.items() if v}
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
-    """Train one variant; write ``out_dir/step-XXXXXX/`` checkpoints and ``out_dir/train_log.jsonl``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    world = World(cfg.world_seed)
-    tokenizer = TextTokenizer.build(vocabulary_texts(world))
-    codec = ImageCodec.fit(k=cfg.codebook_size, n_images=cfg.codec_images, seed=cfg.seed)
-    model_cfg = ToyConfig(
-        variant=cfg.variant,
-        n_text=len(tokenizer),
-        n_codes=codec.size,
-        d_model=cfg.d_model,
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        cell_bias=cfg.cell_bias,
-        cell_output=cfg.cell_output,
-        cell_pointer=cfg.cell_pointer,
-    )
-    model = ToyUMM(model_cfg)
-    model.set_text_cells(tokenizer.cell_ids())
-    builder = SequenceBuilder(tokenizer, codec, cfg.variant)
-    sampler = MixtureSampler(world, cfg.seed, suite_keys(cfg.world_seed))
-    val_sampler = MixtureSampler(world, cfg.seed + 10_000, suite_keys(cfg.world_seed))
-    val = [val_sampler.sample(1.0) for _ in range(256)]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
-    save_steps = {max(1, round(f * cfg.steps)) for f in cfg.save_at}
-    log_path = out / "train_log.jsonl"
-    log_path.write_text("")
-    start, window = time.time(), {"und": [], "gen": []}
-    bar = tqdm(range(cfg.steps), desc=f"train-toy {cfg.variant}", disable=not progress, mininterval=2)
-    for step in bar:
+class _Run:
+    """One training run: everything built from the config, and the loop's state between steps."""
+
+    def __init__(self, cfg: TrainConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        world = World(cfg.world_seed)
+        self.tokenizer = TextTokenizer.build(vocabulary_texts(world))
+        self.codec = ImageCodec.fit(k=cfg.codebook_size, n_images=cfg.codec_images, seed=cfg.seed)
+        model_cfg = ToyConfig(
+            variant=cfg.variant,
+            n_text=len(self.tokenizer),
+            n_codes=self.codec.size,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            cell_bias=cfg.cell_bias,
+            cell_output=cfg.cell_output,
+            cell_pointer=cfg.cell_pointer,
+        )
+        self.model = ToyUMM(model_cfg)
+        self.model.set_text_cells(self.tokenizer.cell_ids())
+        self.builder = SequenceBuilder(self.tokenizer, self.codec, cfg.variant)
+        self.sampler = MixtureSampler(world, cfg.seed, suite_keys(cfg.world_seed))
+        val_sampler = MixtureSampler(world, cfg.seed + 10_000, suite_keys(cfg.world_seed))
+        self.val = [val_sampler.sample(1.0) for _ in range(256)]
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(0.9, 0.98),
+        )
+        self.emergence = EmergenceLog(eval_items(cfg.eval_items), out / EMERGENCE) if cfg.eval_every else None
+        self.step, self.elapsed, self.window = 0, 0.0, {"und": [], "gen": []}
+
+    def fingerprint(self) -> str:
+        """What the run's data depends on besides the config: a resumed run must rebuild the same."""
+        h = hashlib.sha256(json.dumps(self.tokenizer.vocab).encode())
+        h.update(self.codec.codebook.tobytes())
+        return h.hexdigest()
+
+    def save_state(self) -> None:
+        logs = {
+            name: sync_file(self.out / name) for name in (TRAIN_LOG, EMERGENCE) if (self.out / name).exists()
+        }
+        info = {
+            "config": asdict(self.cfg),
+            "fingerprint": self.fingerprint(),
+            "rng_sampler": rng_state_to_json(self.sampler.rng.getstate()),
+            "window": self.window,
+            "elapsed_s": self.elapsed,
+            "logs": logs,
+        }
+        TrainState.capture(self.step, self.model, self.opt, info).save(self.out)
+
+    def load_state(self, state: TrainState) -> None:
+        if state.info["fingerprint"] != self.fingerprint():
+            raise ValueError(
+                f"{self.out / RESUME}: the saved run was trained on another vocabulary or codec "
+                "(a different version of the world or of the toy code); it cannot be resumed"
+            )
+        state.restore(self.model, self.opt)
+        self.sampler.rng.setstate(rng_state_from_json(state.info["rng_sampler"]))
+        self.step, self.elapsed, self.window = state.step, state.info["elapsed_s"], state.info["window"]
+        for name, length in state.info["logs"].items():
+            truncate(self.out / name, length)
+
+    def run(self, progress: bool) -> Path:
+        cfg = self.cfg
+        save_steps = {max(1, round(f * cfg.steps)) for f in cfg.save_at}
+        if self.emergence and self.step == 0:
+            self.emergence.evaluate(0, self.model, self.tokenizer, self.codec)
+        start = time.time() - self.elapsed
+        bar = tqdm(
+            range(self.step, cfg.steps),
+            initial=self.step,
+            total=cfg.steps,
+            desc=f"train-toy {cfg.variant}",
+            disable=not progress,
+            mininterval=2,
+        )
+        for step in bar:
+            self._step(step)
+            done = self.step = step + 1
+            self.elapsed = time.time() - start
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                row = {"step": done, "lr": round(lr_at(step, cfg), 6), "elapsed_s": round(self.elapsed, 1)}
+                row |= {f"loss_{k}": round(sum(v) / len(v), 4) for k, v in self.window.items() if v}
+                self.window = {"und": [], "gen": []}
+                with (self.out / TRAIN_LOG).open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(und=row.get("loss_und"), gen=row.get("loss_gen"))
+            if done in save_steps:
+                meta = {
+                    "step": done,
+                    "train": asdict(cfg),
+                    "val_loss": _eval_losses(self.model, self.builder, self.val),
+                    "elapsed_s": round(self.elapsed, 1),
+                }
+                save_checkpoint(self.out / f"step-{done:06d}", self.model, self.tokenizer, self.codec, meta)
+            if self.emergence and (done % cfg.eval_every == 0 or done == cfg.steps):
+                self.emergence.evaluate(done, self.model, self.tokenizer, self.codec)
+            if done % cfg.resume_every == 0 or done in save_steps:
+                self.save_state()
+        return self.out / f"step-{cfg.steps:06d}"
+
+    def _step(self, step: int) -> None:
+        cfg = self.cfg
         level = min(1.0, step / (0.3 * cfg.steps))
-        for g in opt.param_groups:
+        for g in self.opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        examples = [sampler.sample(level) for _ in range(cfg.batch_size)]
-        loss, parts = direction_losses(model, builder, examples, cfg.groups)
-        opt.zero_grad(set_to_none=True)
+        examples = [self.sampler.sample(level) for _ in range(cfg.batch_size)]
+        loss, parts = direction_losses(self.model, self.builder, examples, cfg.groups)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
         for k, v in parts.items():
             if not math.isnan(v):
-                window[k].append(v)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            row = {"step": done, "lr": round(lr_at(step, cfg), 6), "elapsed_s": round(time.time() - start, 1)}
-            row |= {f"loss_{k}": round(sum(v) / len(v), 4) for k, v in window.items() if v}
-            window = {"und": [], "gen": []}
-            with log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.set_postfix(und=row.get("loss_und"), gen=row.get("loss_gen"))
-        if done in save_steps:
-            meta = {
-                "step": done,
-                "train": asdict(cfg),
-                "val_loss": _eval_losses(model, builder, val),
-                "elapsed_s": round(time.time() - start, 1),
-            }
-            save_checkpoint(out / f"step-{done:06d}", model, tokenizer, codec, meta)
-    return out / f"step-{cfg.steps:06d}"
+                self.window[k].append(v)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
+    """Train one variant from scratch; write ``out_dir/step-XXXXXX/`` checkpoints, ``out_dir/train_log.jsonl``
+    (and ``emergence.jsonl`` with ``cfg.eval_every``), and the state :func:`resume` continues from."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / RESUME, ignore_errors=True)  # another run's state must never be resumed into this one
+    for name in (TRAIN_LOG, EMERGENCE):
+        (out / name).unlink(missing_ok=True)
+    (out / TRAIN_LOG).touch()
+    return _Run(cfg, out).run(progress)
+
+
+def resume(out_dir: str | Path, progress: bool = True) -> Path:
+    """Continue the run in ``out_dir`` from its last saved state, with its saved config.
+
+    The result (checkpoints, train log except ``elapsed_s``, emergence log except ``eval_s``) is the same as
+    if the run had never stopped; a finished run is left as it is.
+    """
+    out = Path(out_dir)
+    state = TrainState.load(out)
+    run = _Run(TrainConfig(**state.info["config"]), out)
+    run.load_state(state)
+    return run.run(progress)
