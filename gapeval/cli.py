@@ -274,6 +274,15 @@ def _edit_command() -> Command:
 register(_edit_command())
 
 
+def _patch_command() -> Command:
+    from interventions.patch_command import add_arguments, handler
+
+    return Command("patch", "activation patching within and across directions", add_arguments, handler)
+
+
+register(_patch_command())
+
+
 # --- entry point -----------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,92 @@
+"""``gapeval patch``: activation patching of a model on clean/corrupted pairs (see docs/patching.md).
+
+Only argparse at import time: ``gapeval --help`` must not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MODES = ("grid", "transplant", "attribution", "edit")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, help="an intervenable model: toy, toy:VARIANT, janus:PATH, py:..."
+    )
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="adapter keyword")
+    p.add_argument("--mode", choices=MODES, default="grid", help="what to measure (default: grid)")
+    p.add_argument("--pairs", type=int, default=10, help="number of synth realm pairs (default: 10)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (arrays.npz, summary.json, PNGs)")
+    p.add_argument("--seed", type=int, default=0, help="pair selection and sampling seed (default: 0)")
+    p.add_argument(
+        "--realms",
+        choices=("pictured", "unpictured", "all"),
+        default="pictured",
+        help="synth realms whose emblem training showed as a picture, never did, or all (default: pictured)",
+    )
+    p.add_argument(
+        "--hop", choices=("one_hop", "two_hop"), default="one_hop", help="span: realm or founder name"
+    )
+    p.add_argument("--phrasing", type=int, default=0, help="world-knowledge phrasing index (default: 0)")
+    p.add_argument("--pairs-file", type=Path, help="JSONL pairs naming items of --items (instead of synth)")
+    p.add_argument("--items", type=Path, help="suite folder or items.jsonl that --pairs-file refers to")
+    p.add_argument(
+        "--min-gap", type=float, default=0.5, help="drop pairs with |LD_clean - LD_corrupt| below (nats; 0.5)"
+    )
+    p.add_argument("--max-rows", type=int, default=256, help="batch rows per patched forward (default: 256)")
+    p.add_argument("--backend", choices=("torch", "nnsight"), default="torch", help="grid patching backend")
+    p.add_argument("--top", type=int, default=10, help="cells in the printed table / verified (default: 10)")
+    p.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="COMPONENT:ROW:WHERE",
+        help="edit mode: patch to decode with, e.g. resid:0:span (WHERE: span, end, prompt); repeatable; "
+        "default: none plus the residual stream at the span and the end, every layer",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+
+
+def handler(args: argparse.Namespace) -> int:
+    import torch
+
+    from gapeval.cli import parse_model_args
+    from gapeval.models.base import Intervenable
+    from gapeval.models.registry import load_model
+    from interventions import patch_study
+    from interventions.pairs import load_pairs, synth_pairs
+    from interventions.patch_edit import default_conditions, parse_condition
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, [], **parse_model_args(args.model_arg))
+    if not isinstance(model, Intervenable):
+        raise ValueError(f"{args.model}: the adapter is not intervenable (gapeval.models.base.Intervenable)")
+    if args.pairs_file:
+        if not args.items:
+            raise ValueError("--pairs-file needs --items (the suite its ids refer to)")
+        from gapeval.io import load_items
+
+        pairs = load_pairs(args.pairs_file, load_items(args.items))
+    else:
+        pictured = {"pictured": True, "unpictured": False, "all": None}[args.realms]
+        pairs = synth_pairs(
+            model, args.pairs, seed=args.seed, hop=args.hop, phrasing=args.phrasing, pictured=pictured
+        )
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
+    common = {"min_gap": args.min_gap, "max_rows": args.max_rows, "settings": settings}
+    if args.mode == "grid":
+        _, text = patch_study.grid_study(model, pairs, args.out, backend=args.backend, top=args.top, **common)
+    elif args.mode == "transplant":
+        _, text = patch_study.transplant_study(model, pairs, args.out, **common)
+    elif args.mode == "attribution":
+        _, text = patch_study.attribution_study(model, pairs, args.out, top=args.top, **common)
+    else:
+        conditions = [parse_condition(c) for c in args.condition] or default_conditions(model)
+        _, text = patch_study.edit_study(
+            model, pairs, args.out, conditions, seed=args.seed, settings=settings
+        )
+    print(text)
+    print(f"wrote {args.out}")
+    return 0

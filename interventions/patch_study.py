@@ -1,0 +1,280 @@
+"""The four ``gapeval patch`` modes over a list of pairs, as library functions: each writes its files into ``out``
+and returns ``(summary, table)`` (the JSON summary and the text table the command prints). ``settings`` (what
+produced the run, e.g. the command's arguments) is written into the summary as given.
+
+Pairs whose clean and corrupted runs are closer than ``min_gap`` nats (|LD_clean − LD_corrupt|) cannot be
+normalised reliably: they are dropped per direction and listed in the summary with their gap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from gapeval.models.base import DIRECTIONS, Intervenable
+from interventions import patch_report as report
+from interventions.attribution import attribution_grid, compare, verify_top
+from interventions.pairs import Pair
+from interventions.patch_edit import Condition, edit_records, edit_table
+from interventions.patching import Run, grid, grid_rows, run
+from interventions.transplant import WHERE, transplant_pair
+
+Result = tuple[dict[str, Any], str]
+
+
+def _runs(model: Intervenable, pair: Pair, direction: str) -> tuple[Run, Run]:
+    return tuple(
+        run(model, pair.request(r, direction), direction, pair.answers(direction))
+        for r in ("clean", "corrupt")
+    )  # type: ignore[return-value]
+
+
+class _Collector:
+    """Per-direction grids of the kept pairs, with what labels and drops need."""
+
+    def __init__(self) -> None:
+        self.grids: dict[str, dict[str, list[np.ndarray]]] = {d: {} for d in DIRECTIONS}
+        self.kept: dict[str, list[str]] = {d: [] for d in DIRECTIONS}
+        self.lengths: dict[str, list[int]] = {d: [] for d in DIRECTIONS}
+        self.spans: dict[str, list[list[int]]] = {d: [] for d in DIRECTIONS}
+        self.gaps: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
+        self.dropped: dict[str, list[dict[str, Any]]] = {d: [] for d in DIRECTIONS}
+
+    def admit(self, model: Intervenable, pair: Pair, clean: Run, corrupt: Run, min_gap: float) -> bool:
+        d, gap = corrupt.direction, clean.ld - corrupt.ld
+        if abs(gap) < min_gap:
+            self.dropped[d].append({"pair": pair.id, "gap": gap})
+            return False
+        self.kept[d].append(pair.id)
+        self.gaps[d].append(gap)
+        self.lengths[d].append(corrupt.prompt_length)
+        self.spans[d].append(model.span_positions(corrupt.request, pair.spans[1], d))
+        return True
+
+    def add(self, direction: str, name: str, values: dict[str, np.ndarray]) -> None:
+        for component, array in values.items():
+            self.grids[direction].setdefault(f"{name}/{direction}/{component}", []).append(array)
+
+    def columns(self, direction: str) -> list[str]:
+        return report.position_labels(self.lengths[direction], self.spans[direction])
+
+    def stacks(self, direction: str) -> dict[str, np.ndarray]:
+        return {key: report.right_align(grids) for key, grids in self.grids[direction].items()}
+
+    def direction_summary(self, direction: str) -> dict[str, Any]:
+        return {
+            "pairs": self.kept[direction],
+            "gaps": self.gaps[direction],
+            "dropped": self.dropped[direction],
+            "columns": self.columns(direction) if self.kept[direction] else [],
+        }
+
+
+def _profile(stack: np.ndarray, columns: list[str]) -> dict[str, list[float]]:
+    """Per residual row: mean over pairs of the best span cell, and of the last prompt token."""
+    span = [j for j, c in enumerate(columns) if c == "span"]
+    return {
+        "span": np.nanmean(np.nanmax(stack[:, :, span], axis=2), 0).tolist() if span else [],
+        "end": np.nanmean(stack[:, :, -1], 0).tolist(),
+    }
+
+
+def _plot_grids(out: Path, stacks: dict[str, np.ndarray], columns: list[str], title: str) -> None:
+    for key, stack in stacks.items():
+        component = key.split("/")[-1]
+        name = key.replace("/", "_")
+        report.heatmap(
+            out / f"{name}.png",
+            stack,
+            report.row_labels(component, stack.shape[1]),
+            columns,
+            f"{title} {key}",
+        )
+
+
+def grid_study(
+    model: Intervenable,
+    pairs: Sequence[Pair],
+    out: Path,
+    *,
+    min_gap: float = 0.5,
+    max_rows: int = 256,
+    backend: str = "torch",
+    top: int = 10,
+    settings: dict[str, Any] | None = None,
+) -> Result:
+    """Layers × positions × component grids in both directions, averaged over pairs."""
+    seen, seconds = _Collector(), []
+    for pair in tqdm(pairs, desc="grid", unit="pair"):
+        start = time.perf_counter()
+        for d in DIRECTIONS:
+            clean, corrupt = _runs(model, pair, d)
+            if seen.admit(model, pair, clean, corrupt, min_gap):
+                seen.add(d, "grid", grid(model, clean, corrupt, max_rows=max_rows, backend=backend))
+        seconds.append(time.perf_counter() - start)
+    summary: dict[str, Any] = {
+        "settings": settings,
+        "mode": "grid",
+        "seconds_per_pair": float(np.mean(seconds)),
+        "directions": {},
+    }
+    arrays, cells = {}, []
+    for d in DIRECTIONS:
+        summary["directions"][d] = seen.direction_summary(d)
+        if not seen.kept[d]:
+            continue
+        stacks, columns = seen.stacks(d), seen.columns(d)
+        arrays |= stacks
+        _plot_grids(out, stacks, columns, "patching")
+        summary["directions"][d]["resid_profile"] = _profile(stacks[f"grid/{d}/resid"], columns)
+        summary["directions"][d]["mean"] = {key: np.nanmean(s, 0) for key, s in stacks.items()}
+        cells += report.top_cells(stacks, columns, top)
+    cells = sorted(cells, key=lambda c: -abs(c["mean"]))[:top]
+    summary["top"] = cells
+    report.write(out, arrays, summary)
+    return summary, report.table(cells, ("grid", "layer", "position", "mean", "std"))
+
+
+def transplant_study(
+    model: Intervenable,
+    pairs: Sequence[Pair],
+    out: Path,
+    *,
+    min_gap: float = 0.5,
+    max_rows: int = 256,
+    settings: dict[str, Any] | None = None,
+) -> Result:
+    """Per layer, und states into the gen run and back, at the entity span and the last prompt token."""
+    kept: dict[str, list[dict[str, np.ndarray]]] = {}
+    dropped: dict[str, list[dict[str, Any]]] = {}
+    skipped: list[dict[str, str]] = []
+    for pair in tqdm(pairs, desc="transplant", unit="pair"):
+        try:
+            result = transplant_pair(model, pair, max_rows=max_rows)
+        except ValueError as err:  # the span tokenises differently in the two directions
+            skipped.append({"pair": pair.id, "reason": str(err)})
+            continue
+        for route, values in result.items():
+            gap = float(values["gap"][0] - values["gap"][1])
+            if abs(gap) < min_gap:
+                dropped.setdefault(route, []).append({"pair": pair.id, "gap": gap})
+            else:
+                kept.setdefault(route, []).append(values)
+    labels = report.row_labels("resid", grid_rows(model, "resid"))
+    summary: dict[str, Any] = {
+        "settings": settings,
+        "mode": "transplant",
+        "layers": labels,
+        "skipped": skipped,
+        "routes": {},
+    }
+    arrays, rows = {}, [{"layer": label} for label in labels]
+    for route, results in kept.items():
+        stacks = {where: np.stack([r[where] for r in results]) for where in WHERE}
+        report.layer_plot(
+            out / f"transplant_{route.replace('->', '_to_')}.png", stacks, labels, f"transplant {route}"
+        )
+        summary["routes"][route] = {"pairs": len(results), "dropped": dropped.get(route, [])}
+        for where, stack in stacks.items():
+            arrays[f"transplant/{route}/{where}"] = stack
+            mean, std = np.nanmean(stack, 0), np.nanstd(stack, 0)
+            summary["routes"][route][where] = {"mean": mean, "std": std}
+            for i, row in enumerate(rows):
+                row[f"{route} {where}"] = float(mean[i])
+    report.write(out, arrays, summary)
+    columns = ["layer"] + [f"{route} {where}" for route in kept for where in WHERE]
+    return summary, report.table(rows, columns)
+
+
+def attribution_study(
+    model: Intervenable,
+    pairs: Sequence[Pair],
+    out: Path,
+    *,
+    min_gap: float = 0.5,
+    max_rows: int = 256,
+    top: int = 10,
+    settings: dict[str, Any] | None = None,
+) -> Result:
+    """Attribution grids, the exact grids they estimate, their rank correlation, and the top cells verified."""
+    seen = _Collector()
+    rho: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
+    verified: dict[str, list[dict[str, Any]]] = {d: [] for d in DIRECTIONS}
+    seconds = {"attribution": [], "exact": []}
+    for pair in tqdm(pairs, desc="attribution", unit="pair"):
+        for d in DIRECTIONS:
+            clean, corrupt = _runs(model, pair, d)
+            if not seen.admit(model, pair, clean, corrupt, min_gap):
+                continue
+            start = time.perf_counter()
+            estimate = attribution_grid(model, clean, corrupt)
+            middle = time.perf_counter()
+            exact = grid(model, clean, corrupt, max_rows=max_rows)
+            seconds["attribution"].append(middle - start)
+            seconds["exact"].append(time.perf_counter() - middle)
+            seen.add(d, "attribution", estimate)
+            seen.add(d, "exact", exact)
+            rho[d].append(compare(estimate, exact))
+            verified[d].append({"pair": pair.id, "cells": verify_top(model, clean, corrupt, estimate, top)})
+    summary: dict[str, Any] = {
+        "settings": settings,
+        "mode": "attribution",
+        "seconds_per_grid": {k: float(np.mean(v)) if v else None for k, v in seconds.items()},
+        "directions": {},
+    }
+    arrays, rows = {}, []
+    for d in DIRECTIONS:
+        summary["directions"][d] = seen.direction_summary(d) | {
+            "spearman": rho[d],
+            "top_verified": verified[d],
+        }
+        if not seen.kept[d]:
+            continue
+        stacks = seen.stacks(d)
+        arrays |= stacks
+        _plot_grids(
+            out, {k: s for k, s in stacks.items() if k.startswith("attribution/")}, seen.columns(d), ""
+        )
+        errors = [abs(c["attribution"] - c["exact"]) for v in verified[d] for c in v["cells"]]
+        rows.append(
+            {
+                "direction": d,
+                "pairs": len(seen.kept[d]),
+                "spearman mean": float(np.nanmean(rho[d])),
+                "spearman min": float(np.nanmin(rho[d])),
+                f"top-{top} |attr-exact| mean": float(np.mean(errors)),
+            }
+        )
+    report.write(out, arrays, summary)
+    columns = ("direction", "pairs", "spearman mean", "spearman min", f"top-{top} |attr-exact| mean")
+    return summary, report.table(rows, columns)
+
+
+def edit_study(
+    model: Intervenable,
+    pairs: Sequence[Pair],
+    out: Path,
+    conditions: Sequence[Condition],
+    *,
+    seed: int = 0,
+    settings: dict[str, Any] | None = None,
+) -> Result:
+    """Patching during decoding, judged: per condition, the share of pairs answering with the clean entity's
+    emblem (new) or still the corrupted one's (old), in each direction."""
+    with tqdm(total=len(pairs) * len(DIRECTIONS) * len(conditions), desc="edit", unit="decode") as bar:
+        records = edit_records(model, pairs, conditions, seed=seed, progress=bar)
+    rows = edit_table(records)
+    summary = {
+        "settings": settings,
+        "mode": "edit",
+        "conditions": [c.name for c in conditions],
+        "table": rows,
+        "records": records,
+    }
+    report.write(out, {}, summary)
+    return summary, report.table(rows, ("condition", "und_new", "und_old", "gen_new", "gen_old"))
