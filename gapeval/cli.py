@@ -274,6 +274,17 @@ def _edit_command() -> Command:
 register(_edit_command())
 
 
+def _probe_command() -> Command:
+    from probes.command import add_arguments, handler
+
+    return Command(
+        "probe", "per-layer probes, transfer and causal erasure of a realm attribute", add_arguments, handler
+    )
+
+
+register(_probe_command())
+
+
 def _patch_command() -> Command:
     from interventions.patch_command import add_arguments, handler
 

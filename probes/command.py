@@ -1,0 +1,64 @@
+"""``gapeval probe``: per-layer probes, transfer and causal erasure of one attribute (probes.study).
+
+Module-level imports stay light so ``gapeval --help`` does not load torch or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from probes.names import ATTRIBUTES, POSITIONS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="an intervenable model: toy, toy:VARIANT, janus:PATH, ...")
+    p.add_argument("--attribute", required=True, choices=ATTRIBUTES, help="realm fact to probe for")
+    p.add_argument(
+        "--position",
+        default="last",
+        choices=POSITIONS,
+        help="last prompt token, entity span (mean or last token), or teacher-forced answer (default: last)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder for probe.json, probe.png and the states")
+    p.add_argument("--seed", type=int, default=0, help="control labels, probe and random-eraser seed")
+    p.add_argument("--method", default="leace", choices=("leace", "mean"), help="eraser (default: leace)")
+    p.add_argument(
+        "--erase-at",
+        default="all",
+        choices=("all", "probed"),
+        help="erase at every position, generated tokens included, or at the probed one (default: all)",
+    )
+    p.add_argument("--no-erase", action="store_true", help="probes only, no judged erasure")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass (default: 64)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="adapter argument")
+
+
+def handler(args: argparse.Namespace) -> int:
+    from gapeval.cli import parse_model_args
+    from gapeval.models.base import Intervenable
+    from gapeval.models.registry import load_model
+    from probes.report import plot, table
+    from probes.study import probe_study
+
+    model = load_model(args.model, [], **parse_model_args(args.model_arg))
+    if not isinstance(model, Intervenable):
+        raise SystemExit(f"gapeval probe: model {args.model!r} does not expose the intervention contract")
+    result = probe_study(
+        model,
+        args.attribute,
+        args.position,
+        args.out,
+        seed=args.seed,
+        method=args.method,
+        erase_at=args.erase_at,
+        erase=not args.no_erase,
+        batch_size=args.batch_size,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "probe.json").write_text(json.dumps(result, indent=1))
+    plot(result, args.out / "probe.png")
+    print(table(result))
+    print(f"wrote {args.out / 'probe.json'} and {args.out / 'probe.png'}")
+    return 0

@@ -1,0 +1,92 @@
+"""Causal erasure: apply an eraser at one captured layer while the model decodes, and judge both directions.
+
+Decoding runs a prompt pass over the left-padded prompts, then one token per step (KV-cached), and adapters
+may reorder rows into sub-batches (the toy) or double them for guidance (Janus). Positions are therefore given
+relative to the prompt's end — left padding puts a request's last prompt token in the last column of the prompt
+pass, whatever its row — and items are decoded in groups that share those relative positions. A pass of one
+column is a decoding step. Erasing *everywhere* (concept scrubbing) touches every prompt column and every
+generated token; the ``answer`` position touches the last prompt token and every generated token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from gapeval.items import Item
+from gapeval.models.base import Intervenable, Request
+from interventions.hooks import rewrite
+from interventions.judged import accuracy, judged
+from probes.capture import layer_site, position_columns
+from probes.erasers import Eraser
+
+EVERYWHERE = "all"
+
+
+@dataclass(frozen=True)
+class Where:
+    """The tokens an erasure touches: prompt columns counted from the end (-1 = last prompt token; None =
+    every column) and whether every generated token too."""
+
+    relative: tuple[int, ...] | None
+    decode_steps: bool
+
+
+def where(model: Intervenable, request: Request, direction: str, position: str, span: str) -> Where:
+    """Where ``position`` (a capture position, or ``"all"``) lies in ``request``'s decoding."""
+    if position == EVERYWHERE:
+        return Where(None, True)
+    if position == "answer":
+        return Where((-1,), True)
+    fp = model.forward_inputs([request], direction)  # one row: no padding, the prompt ends the sequence
+    length = int(fp.prompt_end[0]) + 1
+    columns = position_columns(model, fp, [request], [span], position)[0]
+    return Where(tuple(c - length for c in columns), False)
+
+
+@contextmanager
+def erasing(model: Intervenable, layer: int, eraser: Eraser, at: Where) -> Iterator[None]:
+    """Inside the block, every forward pass applies ``eraser`` at captured layer ``layer`` on ``at``'s tokens."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor | None:
+        if at.relative is None:
+            return eraser(x)
+        if x.shape[1] == 1:
+            return eraser(x) if at.decode_steps else None
+        cols = [x.shape[1] + r for r in at.relative]
+        x = x.clone()
+        x[:, cols] = eraser(x[:, cols])
+        return x
+
+    with rewrite(model, *layer_site(layer), fn):
+        yield
+
+
+def erased_accuracy(
+    model: Intervenable,
+    items: Sequence[Item],
+    spans: Sequence[str],
+    direction: str,
+    layer: int,
+    eraser: Eraser | None,
+    position: str = EVERYWHERE,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> float | None:
+    """Judged accuracy in ``direction`` with ``eraser`` applied at ``layer`` on ``position`` (None: no edit)."""
+    if eraser is None:
+        return accuracy(
+            judged(model, items, directions=[direction], seed=seed, batch_size=batch_size), direction
+        )
+    groups: dict[Where, list[Item]] = {}
+    for item, span in zip(items, spans, strict=True):
+        at = where(model, Request(item.id, item.prompt(direction), item.image), direction, position, span)
+        groups.setdefault(at, []).append(item)
+    records = []
+    for at, group in groups.items():
+        with erasing(model, layer, eraser, at):
+            records += judged(model, group, directions=[direction], seed=seed, batch_size=batch_size)
+    return accuracy(records, direction)
