@@ -127,6 +127,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- import ----------------------------------------------------------------------------------------------
+
+
+def _import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "data_dir", type=Path, help="the release's data folder (data_<id>/ with one folder per model)"
+    )
+    p.add_argument(
+        "--layout", choices=("gapeval",), default="gapeval", help="output layout (default: gapeval)"
+    )
+    p.add_argument(
+        "--model-dir", required=True, help="the model's folder inside each data_<id>/ (text.json + image)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="run directory (created, or resumed)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples for the summary's confidence intervals (default: 1000)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _import(args: argparse.Namespace) -> int:
+    from gapeval.importer import import_outputs
+    from gapeval.report import headline
+
+    out = import_outputs(
+        args.data_dir,
+        args.model_dir,
+        args.out,
+        layout=args.layout,
+        progress=not args.no_progress,
+        bootstrap=args.bootstrap,
+    )
+    print(headline(out))
+    return 0
+
+
 # --- score, report, compare, suite export ----------------------------------------------------------------
 
 
@@ -189,6 +228,14 @@ def _suite(args: argparse.Namespace) -> int:
 
 
 register(Command("run", "evaluate a model on a suite in both directions", _run_arguments, _run))
+register(
+    Command(
+        "import",
+        "judge and score outputs made with the GapEval release's scripts, into a run directory",
+        _import_arguments,
+        _import,
+    )
+)
 register(
     Command(
         "score",

@@ -132,7 +132,10 @@ def _verdict(judge: Judge, item: Item, answer: str | Image.Image) -> Verdict:
 def _ask(
     call: Callable[[list[Request]], list[Any]], requests: list[Request], kind: type
 ) -> list[tuple[Any, str | None]]:
-    """(answer, error) per request; an exception or a malformed reply fails the whole batch in this direction."""
+    """(answer, error) per request; an exception or a malformed reply fails the whole batch in this direction.
+
+    An adapter may return an exception in place of one answer to fail only that item (e.g. a missing file).
+    """
     try:
         answers = list(call(requests))
     except Exception as exc:  # recorded per item: a crash must not lose the rest of the run
@@ -141,12 +144,15 @@ def _ask(
         return [(None, f"model: returned {len(answers)} answers for {len(requests)} requests")] * len(
             requests
         )
-    return [
-        (a, None)
-        if isinstance(a, kind)
-        else (None, f"model: expected {kind.__name__}, got {type(a).__name__}")
-        for a in answers
-    ]
+    return [_checked(answer, kind) for answer in answers]
+
+
+def _checked(answer: Any, kind: type) -> tuple[Any, str | None]:
+    if isinstance(answer, kind):
+        return answer, None
+    if isinstance(answer, Exception):
+        return None, f"model: {type(answer).__name__}: {answer}"
+    return None, f"model: expected {kind.__name__}, got {type(answer).__name__}"
 
 
 def evaluate_batch(
