@@ -292,13 +292,13 @@ def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_toy(args: argparse.Namespace) -> int:
-    if args.steps < 1 and not args.quick:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
     from gapeval.models.toy.train import TrainConfig, resume, train
 
     if args.resume:
         print(resume(args.resume, progress=not args.no_progress))
         return 0
+    if args.steps < 1 and not args.quick:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if args.eval_every < 0:
         raise ValueError(f"--eval-every must be 0 (never) or positive, got {args.eval_every}")
     cfg = (
