@@ -11,7 +11,8 @@ import pytest
 
 from gapeval.distributed import Processes
 from gapeval.models.oracle import OracleAdapter
-from gapeval.runner import RESULTS, SHARDS, run
+from gapeval.rundir import RESULTS, SHARDS
+from gapeval.runner import run
 from gapeval.synth.suite import build_suite
 
 REPO = Path(__file__).resolve().parents[1]
