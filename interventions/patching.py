@@ -201,6 +201,16 @@ def _forward_nnsight(
     return hidden
 
 
+def no_op(target: Run, source: Run, patch: Patch) -> bool:
+    """Whether ``patch`` would write exactly the values the target already has (e.g. clean and corrupted prompts
+    before the span): its result is the target's own, with no forward pass."""
+    key = (patch.layer, patch.site)
+    return all(
+        torch.equal(target.values(key, j, patch.target), source.values(key, j, patch.source_positions))
+        for j in range(2)
+    )
+
+
 def patched_ld(
     model: Intervenable,
     target: Run,
@@ -209,18 +219,22 @@ def patched_ld(
     *,
     max_rows: int = 256,
     backend: str = "torch",
+    skip_no_ops: bool = True,
 ) -> torch.Tensor:
     """(len(patches),) log-prob difference of the target run under each patch, read from the source run.
 
-    Patches run ``max_rows // 2`` to a forward pass (two rows each), which bounds memory.
+    Patches run ``max_rows // 2`` to a forward pass (two rows each), which bounds memory; patches that change
+    nothing (:func:`no_op`) take the target's own value unless ``skip_no_ops`` is False.
     """
     forward = {"torch": _forward_torch, "nnsight": _forward_nnsight}[backend]
     per_pass = max(1, max_rows // 2)
-    out: list[torch.Tensor] = []
+    out = torch.full((len(patches),), target.ld)
+    live = [i for i, p in enumerate(patches) if not (skip_no_ops and no_op(target, source, p))]
     built: dict[int, ForwardPass] = {}
     with torch.no_grad():
-        for start in range(0, len(patches), per_pass):
-            chunk = patches[start : start + per_pass]
+        for start in range(0, len(live), per_pass):
+            index = live[start : start + per_pass]
+            chunk = [patches[i] for i in index]
             if len(chunk) not in built:
                 built[len(chunk)] = model.forward_inputs(
                     [target.request] * (2 * len(chunk)), target.direction, list(target.answers) * len(chunk)
@@ -228,8 +242,8 @@ def patched_ld(
             inputs = built[len(chunk)]
             hidden = forward(model, inputs, source, _plan(inputs, source, chunk))
             lp = model.answer_logprobs(inputs, hidden).sum(-1).view(len(chunk), 2).float().cpu()
-            out.append(lp[:, 0] - lp[:, 1])
-    return torch.cat(out) if out else torch.zeros(0)
+            out[index] = lp[:, 0] - lp[:, 1]
+    return out
 
 
 def grid_patches(

@@ -62,7 +62,8 @@ def test_patching_every_position_gives_one_and_nothing_gives_zero(intervenable, 
     last = n_layers(intervenable)
     patches = [Patch(*site_of(intervenable, "resid", row), everywhere) for row in range(last + 1)]
     patches.append(Patch(0, "resid_pre", ()))
-    values = normalised(patched_ld(intervenable, corrupt, clean, patches).numpy(), clean.ld, corrupt.ld)
+    ld = patched_ld(intervenable, corrupt, clean, patches, skip_no_ops=False)  # the empty patch runs too
+    values = normalised(ld.numpy(), clean.ld, corrupt.ld)
     np.testing.assert_allclose(values[:-1], 1.0, atol=1e-4)
     assert abs(values[-1]) <= 1e-4
 
