@@ -36,7 +36,8 @@ def table(result: dict[str, Any]) -> str:
     head += [name for _, name in ERASE_COLUMNS] + ["rank"] if erased else []
     lines = [
         f"{result['model']}: {result['attribute']} at {result['position']} — {result['rows_per_direction']} prompts "
-        f"per direction, {result['folds']} folds grouped by {result['split_groups']}, chance {result['chance']:.2f}",
+        f"per direction, {result['folds']} folds grouped by {result['split_groups']}, chance {result['chance']:.2f} "
+        f"(majority class {result['majority']:.2f})",
         "  ".join(f"{h:>8}" for h in head),
     ]
     for layer in result["layers"]:
@@ -70,6 +71,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         stds = [layer[key]["std"] for layer in result["layers"]]
         ax.errorbar(x, means, yerr=stds, label=label, capsize=3, linestyle="--" if "control" in key else "-")
     ax.axhline(result["chance"], color="grey", linewidth=0.8, label="chance")
+    ax.axhline(result["majority"], color="grey", linewidth=0.8, linestyle=":", label="majority class")
     ax.set(xticks=list(x), xticklabels=names, xlabel="layer", ylabel="accuracy", ylim=(0, 1.05))
     ax.set_title(f"{result['attribute']} at {result['position']}: probes")
     ax.legend(fontsize=7)

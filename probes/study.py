@@ -69,7 +69,10 @@ def erasure_layers(
         control = random_eraser(fitted.bias, fitted.rank, seed + k)
         row: dict[str, Any] = {"rank": fitted.rank}
         for d in DIRECTIONS:
-            row[d], row[f"random_{d}"] = acc(d, k, fitted), acc(d, k, control)
+            if fitted.rank == 0:  # nothing to erase (e.g. the same token in every prompt): the identity
+                row[d] = row[f"random_{d}"] = baseline[d]
+            else:
+                row[d], row[f"random_{d}"] = acc(d, k, fitted), acc(d, k, control)
             row[f"drop_{d}"] = _drop(baseline[d], row[d])
             row[f"random_drop_{d}"] = _drop(baseline[d], row[f"random_{d}"])
         rows.append(row)
@@ -124,7 +127,8 @@ def probe_study(
         "position": position,
         "seed": seed,
         "classes": classes,
-        "chance": majority_share(labels),
+        "chance": 1 / len(classes),
+        "majority": majority_share(labels),
         "rows_per_direction": len(probe_set),
         "folds": len(folds),
         "split_groups": "template" if attribute == "entity" else "entity",

@@ -224,6 +224,7 @@ def test_report_table_and_plot(tmp_path):
         "folds": 4,
         "split_groups": "entity",
         "chance": 0.25,
+        "majority": 0.3,
         "layers": [{"layer": name, **dict.fromkeys(keys, score), "erase": erase} for name in ("embed", "0")],
         "erasure": {"method": "leace", "at": "all", "baseline": {"und": 0.9, "gen": 0.5}},
     }
