@@ -231,3 +231,20 @@ def test_report_table_and_plot(tmp_path):
     text = table(result)
     assert "-0.10" in text and "0.30" in text and "sel und" in text and len(text.splitlines()) == 5
     assert plot(result, tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_probe_command_is_registered_with_its_defaults(tmp_path):
+    from gapeval.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["probe", "--model", "toy", "--attribute", "colour", "--out", str(tmp_path)]
+    )
+    assert (args.position, args.method, args.erase_at, args.threads, args.seed) == (
+        "last",
+        "leace",
+        "all",
+        1,
+        0,
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["probe", "--model", "toy", "--attribute", "size", "--out", str(tmp_path)])
