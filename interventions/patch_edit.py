@@ -1,11 +1,11 @@
 """Patching as an inference-time edit: clean activations written during full decoding, outputs judged.
 
 While the model decodes the corrupted prompt, hooks write the clean run's activations at chosen layers and prompt
-positions. The decoders run the whole prompt in one prefill pass and then one token at a time (KV cache), so the
-hooks write only in the prefill, at columns counted from the prompt's end: right-aligned columns are the same
-whatever left padding a decoder uses. Every row of the decoding batch is written, which is right when all rows
-hold the same prompt (one pair at a time here); a decoder that adds rows of its own (Janus's unconditional copies
-for guidance) gets them written too.
+positions. Decoders run the whole prompt in one pass and then one token at a time (KV cache; the contract's
+decoding convention), so the hooks write only in the prompt pass, at columns counted from the prompt's end
+(right-aligned columns are the same whatever left padding a decoder uses), and only in the rows that hold the
+requests (``prompt_rows``: not, e.g., Janus's unconditional copies for guidance). All requests of one decode hold
+the same prompt (one pair at a time here).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def condition_patches(model: Intervenable, pair: Pair, direction: str, condition
 
 @contextmanager
 def patched_decoding(
-    model: Intervenable, source: Run, patches: Sequence[Patch], length: int
+    model: Intervenable, source: Run, patches: Sequence[Patch], length: int, direction: str
 ) -> Iterator[None]:
     """Inside the block, every forward pass over a prompt of ``length`` tokens (the prefill) gets ``source``'s
     activations (its row 0) at the patches' positions, counted from the prompt's end; later passes are left."""
@@ -90,9 +90,10 @@ def patched_decoding(
             if t.shape[1] < length:
                 return None
             t = t.clone()
+            rows = torch.arange(t.shape[0])[model.prompt_rows(t.shape[0], direction)][:, None]
             for positions, values in writes:
                 cols = [t.shape[1] - length + p for p in positions]
-                t[:, cols] = values.to(t.dtype)
+                t[rows, cols] = values.to(t.dtype)
             return t
 
         return fn
@@ -122,7 +123,7 @@ def edit_records(
             new = dataclasses.replace(pair.clean, id=pair.corrupt.id, image=pair.corrupt.image, **prompts)
             for condition in conditions:
                 patches = condition_patches(model, pair, direction, condition)
-                with patched_decoding(model, source, patches, length):
+                with patched_decoding(model, source, patches, length, direction):
                     judged_new, judged_old = judged(
                         model, [new, pair.corrupt], directions=[direction], seed=seed
                     )

@@ -48,17 +48,22 @@ def where(model: Intervenable, request: Request, direction: str, position: str, 
 
 
 @contextmanager
-def erasing(model: Intervenable, layer: int, eraser: Eraser, at: Where) -> Iterator[None]:
-    """Inside the block, every forward pass applies ``eraser`` at captured layer ``layer`` on ``at``'s tokens."""
+def erasing(
+    model: Intervenable, layer: int, eraser: Eraser, at: Where, decoding: str | None = None
+) -> Iterator[None]:
+    """Inside the block, every forward pass applies ``eraser`` at captured layer ``layer`` on ``at``'s tokens.
+
+    ``decoding`` names the direction being decoded, so only the rows holding requests are edited
+    (``prompt_rows``); None for teacher-forced passes, where every row is a request."""
 
     def fn(x: torch.Tensor) -> torch.Tensor | None:
-        if at.relative is None:
-            return eraser(x)
-        if x.shape[1] == 1:
-            return eraser(x) if at.decode_steps else None
-        cols = [x.shape[1] + r for r in at.relative]
+        if x.shape[1] == 1 and at.relative is not None and not at.decode_steps:
+            return None
+        columns = at.relative is not None and x.shape[1] > 1
+        cols = [x.shape[1] + r for r in at.relative] if columns else slice(None)
+        rows = slice(None) if decoding is None else model.prompt_rows(x.shape[0], decoding)
         x = x.clone()
-        x[:, cols] = eraser(x[:, cols])
+        x[rows, cols] = eraser(x[rows, cols])
         return x
 
     with rewrite(model, *layer_site(layer), fn):
@@ -87,6 +92,6 @@ def erased_accuracy(
         groups.setdefault(at, []).append(item)
     records = []
     for at, group in groups.items():
-        with erasing(model, layer, eraser, at):
+        with erasing(model, layer, eraser, at, direction):
             records += judged(model, group, directions=[direction], seed=seed, batch_size=batch_size)
     return accuracy(records, direction)

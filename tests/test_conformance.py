@@ -214,3 +214,28 @@ def test_lora_on_the_targets_trains_and_leaves_the_base_intact(intervenable, ite
         torch.testing.assert_close(intervenable.logprob(reqs, answers, "und"), base, atol=0, rtol=0)
     after_state = intervenable.module.state_dict()
     assert before.keys() == after_state.keys() and all(torch.equal(before[k], after_state[k]) for k in before)
+
+
+@pytest.mark.parametrize("direction", ["und", "gen"])
+def test_decoding_passes_follow_the_documented_layout(intervenable, items, direction):
+    """The prompt pass ends every request at its last column and ``prompt_rows`` picks the requests' rows;
+    later passes are one token wide."""
+    reqs = requests(items, direction)
+    widths, rows = [], []
+
+    def seen(t: torch.Tensor) -> None:
+        widths.append(t.shape[1])
+        rows.append(t.shape[0])
+
+    from interventions.hooks import rewrite
+
+    decode = intervenable.understand if direction == "und" else intervenable.generate
+    with rewrite(intervenable, 0, "resid_post", seen):
+        decode(reqs)
+    prompt_passes = [k for k, w in enumerate(widths) if w > 1]
+    assert prompt_passes and all(widths[k] == 1 for k in range(prompt_passes[-1] + 1, len(widths)))
+    in_prompt = sum(len(range(rows[k])[intervenable.prompt_rows(rows[k], direction)]) for k in prompt_passes)
+    assert in_prompt == len(reqs)
+    assert max(widths) == max(
+        int(intervenable.forward_inputs([r], direction).prompt_end[0]) + 1 for r in reqs
+    )

@@ -224,7 +224,7 @@ def test_generation_doubles_the_batch_with_conditional_rows_first(adapter: Janus
         hook.remove()
     prompt_rows = seen[0]
     assert prompt_rows.shape[0] == 4
-    conditional = adapter.module.get_input_embeddings()(prompt_rows[list(adapter.conditional_rows(2))])
+    conditional = adapter.module.get_input_embeddings()(prompt_rows[adapter.prompt_rows(4, "gen")])
     assert torch.equal(conditional, adapter.forward_inputs(requests, "gen").kwargs["inputs_embeds"])
     tokenizer = adapter.processor.tokenizer
     kept = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.boi_token_id}

@@ -190,7 +190,7 @@ def test_patching_the_whole_prompt_during_decoding_decodes_the_clean_prompt(
     decode = intervenable.understand if direction == "und" else intervenable.generate
     want = decode([pair.request("clean", direction)])[0]
     patches = condition_patches(intervenable, pair, direction, Condition("resid", 0, "prompt"))
-    with patched_decoding(intervenable, clean, patches, corrupt.prompt_length):
+    with patched_decoding(intervenable, clean, patches, corrupt.prompt_length, direction):
         got = decode([pair.request("corrupt", direction)])[0]
     after = decode([pair.request("corrupt", direction)])[0]  # hooks are gone
     unpatched = decode([pair.request("corrupt", direction)])[0]

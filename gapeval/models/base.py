@@ -90,7 +90,11 @@ class Intervenable(UMM, Protocol):
     - log-probabilities cover the answer's own tokens and **no end-of-answer term** (chat templates end a
       turn differently; an image has a fixed number of tokens), normalised over the direction's vocabulary
       as decoding normalises them;
-    - module paths are dotted names relative to :attr:`module` (``module.get_submodule(path)``).
+    - module paths are dotted names relative to :attr:`module` (``module.get_submodule(path)``);
+    - ``understand``/``generate`` run the decoder layers on left-padded prompts in one pass per (sub-)batch
+      (rows may be regrouped between sub-batches), then on one new token per step (KV cache): a request's last
+      prompt token is the last column of its prompt pass, so hooks can address prompt positions counted from
+      the end, and :meth:`prompt_rows` says which rows of a pass carry the requests.
     """
 
     @property
@@ -140,6 +144,12 @@ class Intervenable(UMM, Protocol):
         self, requests: Sequence[Request], answers: Sequence[Any], direction: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, A) per-token log-probabilities of each answer and the (B, A) mask of real tokens."""
+        ...
+
+    def prompt_rows(self, rows: int, direction: str) -> slice:
+        """Of the ``rows`` a decoder layer sees in one pass of ``understand``/``generate``, those holding the
+        requests (the others are the adapter's own, e.g. unconditional copies for guidance): what a hook that
+        edits decoding should write."""
         ...
 
     def span_positions(self, request: Request, span: str, direction: str) -> list[int]:

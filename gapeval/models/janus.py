@@ -22,7 +22,7 @@ Intervention extensions (:class:`gapeval.models.base.Intervenable`, whose conven
   the reference image | prompt) through the generation head, conditional branch only (no guidance);
 - :meth:`JanusAdapter.forward_inputs` gives the inputs of ``module(**kwargs)`` that reproduce the sequence each
   direction feeds the decoder layers (what nnsight traces and patching use), and ``span_positions`` index it;
-- during ``generate`` the batch is doubled for guidance: rows ``conditional_rows(B)`` carry the prompt, rows
+- during ``generate`` the batch is doubled for guidance: rows ``prompt_rows(2B, "gen")`` carry the prompt, rows
   ``B..2B-1`` are the unconditional copies (prompt replaced by padding except BOS and image-start). Hooks on
   the decoder layers during generation see 2B rows; ``forward_inputs`` and ``logprob`` use B conditional rows.
 """
@@ -203,10 +203,10 @@ class JanusAdapter(TeacherForcing):
         names += ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
         return [f"{self.layers_path}.{i}.{name}" for i in range(n) for name in names]
 
-    @staticmethod
-    def conditional_rows(batch_size: int) -> range:
-        """Rows of the doubled image-mode batch that see the prompt (the rest are unconditional copies)."""
-        return range(batch_size)
+    def prompt_rows(self, rows: int, direction: str) -> slice:
+        """Image generation doubles the batch for guidance, conditional rows first."""
+        check_direction(direction)
+        return slice(0, rows // 2 if direction == "gen" else rows)
 
     def forward_inputs(
         self, requests: Sequence[Request], direction: str, answers: Sequence[Any] | None = None

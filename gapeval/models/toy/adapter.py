@@ -281,6 +281,10 @@ class ToyAdapter(TeacherForcing):
         picked = torch.log_softmax(logits, -1).gather(-1, inputs.targets[..., None])[..., 0]
         return torch.where(inputs.answer_mask, picked, torch.zeros_like(picked))
 
+    def prompt_rows(self, rows: int, direction: str) -> slice:
+        check_direction(direction)
+        return slice(0, rows)  # no rows of its own: every row is a request
+
     def span_positions(self, request: Request, span: str, direction: str) -> list[int]:
         """Positions (in the unpadded sequence) of the words of ``span`` inside the prompt, first occurrence."""
         check_direction(direction)
