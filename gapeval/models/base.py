@@ -39,9 +39,14 @@ class UMM(Protocol):
         """JSON-serialisable description written into the run manifest (a changed config is a new run)."""
         ...
 
-    def understand(self, requests: Sequence[Request]) -> list[str]: ...
+    def understand(self, requests: Sequence[Request]) -> list[str]:
+        """One text answer per request, in order. An adapter that fails one request may put an Exception in
+        its place: the run records it as that item's error and retries it on resume."""
+        ...
 
-    def generate(self, requests: Sequence[Request]) -> list[Image.Image]: ...
+    def generate(self, requests: Sequence[Request]) -> list[Image.Image]:
+        """One image per request, in order (an Exception in place of one, as for :meth:`understand`)."""
+        ...
 
 
 def check_direction(direction: str) -> None:
