@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gapeval.items import Item
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable, Request, final_hidden
 from interventions.specs import EditSpec
 
@@ -88,16 +89,47 @@ def answer_logprobs(model: Intervenable, fp: ForwardPass) -> torch.Tensor:
 
 
 def answer_loss(model: Intervenable, batches: Sequence[TrainingBatch]) -> tuple[torch.Tensor, float]:
-    """Mean negative log-probability per answer token over all batches, and the worst token's probability.
+    """Mean negative log-probability of a whole answer over all rows, and the worst answer token's probability.
 
-    Every answer token above probability 1/2 means greedy decoding reproduces every training answer, which
-    is when editors stop early.
+    Per answer, not per token: an emblem changes one of a picture's 16 codes and two of a sentence's words,
+    and a per-token mean would dilute that code 16-fold. Every answer token above probability 1/2 means
+    greedy decoding reproduces every training answer, which is when editors stop early.
     """
-    total, count, worst = 0.0, 0, 1.0
+    total, rows, worst = 0.0, 0, 1.0
     for batch in batches:
         fp = batch.fp
         values = answer_logprobs(model, fp)
-        total = total - values[fp.answer_mask].sum()
-        count += int(fp.answer_mask.sum())
+        total = total - values.sum()
+        rows += len(fp)
         worst = min(worst, float(values[fp.answer_mask].detach().exp().min()))
-    return total / max(count, 1), worst
+    return total / max(rows, 1), worst
+
+
+def rehearsal_batches(
+    model: Intervenable, items: Sequence[Item], rows: int = 16
+) -> list[list[TrainingBatch]]:
+    """The model's own greedy answers to ``items`` in both directions, teacher-forced, in small rounds (one
+    batch of ``rows`` per direction each) that an editor cycles through, one round per step.
+
+    Asked before editing: training on them alongside the edit keeps the model's behaviour elsewhere (a
+    rehearsal of the unedited model, as fine-tuning editors use to protect locality).
+    """
+    per_direction = []
+    for direction in DIRECTIONS:
+        requests = [Request(i.id, i.prompt(direction), i.image) for i in items]
+        with torch.no_grad():
+            answers = model.understand(requests) if direction == "und" else model.generate(requests)
+        kept = [(r, a) for r, a in zip(requests, answers, strict=True) if not isinstance(a, str) or a.strip()]
+        per_direction.append(
+            [
+                TrainingBatch(
+                    direction,
+                    [r for r, _ in chunk],
+                    [""] * len(chunk),
+                    model.forward_inputs([r for r, _ in chunk], direction, [a for _, a in chunk]),
+                )
+                for chunk in (kept[start : start + rows] for start in range(0, len(kept), rows))
+            ]
+        )
+    n = max((len(b) for b in per_direction), default=0)
+    return [[b[k % len(b)] for b in per_direction if b] for k in range(n)]

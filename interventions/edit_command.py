@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 # Literal copies of the editors' defaults (building the parser must not import torch).
-LOCATE_DEFAULTS = {"layers": "0,1,2", "key_site": "answer", "cov_weight": 1e3}
+LOCATE_DEFAULTS = {"layers": "all", "key_site": "answer", "cov_weight": 3e3}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--locality-other", type=int, default=8, help="locality items per other category (default: 8)"
     )
     p.add_argument(
-        "--layers", default=LOCATE_DEFAULTS["layers"], help="locate: edited layers (default: 0,1,2)"
+        "--layers",
+        default=LOCATE_DEFAULTS["layers"],
+        help="locate: edited layers, comma-separated, or all (default: all)",
     )
     p.add_argument(
         "--key-site",
@@ -55,10 +57,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="adapter keyword argument"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default: 1; the toy's tensors are too small for more)",
+    )
     p.add_argument("--out", required=True, type=Path, help="experiment directory (created, or resumed)")
 
 
 def handler(args: argparse.Namespace) -> int:
+    import torch
+
     from gapeval.cli import parse_model_args
     from gapeval.models.base import Intervenable
     from gapeval.models.registry import load_model
@@ -68,8 +78,9 @@ def handler(args: argparse.Namespace) -> int:
     from interventions.edit_report import format_table, plot
     from interventions.locate import LocateEditor
     from interventions.lora import LoraEditor
-    from interventions.specs import load_specs, locality_items, synth_specs
+    from interventions.specs import load_specs, locality_items, retain_items, synth_specs
 
+    torch.set_num_threads(args.threads)
     world = World(args.world_seed)
     specs = (
         load_specs(args.edits_file)
@@ -80,13 +91,15 @@ def handler(args: argparse.Namespace) -> int:
     model = load_model(args.model, pool, **parse_model_args(args.model_arg))
     if not isinstance(model, Intervenable):
         raise ValueError(f"model {args.model!r} does not expose the intervention contract")
+    locality = locality_items(specs, pool, args.locality_world, args.locality_other)
     if args.method == "lora":
-        editor = LoraEditor(seed=args.seed)
+        # Rehearsal items come from the synth world (held apart from the locality items).
+        retain = retain_items(world, specs, locality, n_world=64, n_other=32, seed=args.seed)
+        editor = LoraEditor(seed=args.seed, retain=retain)
     else:
-        layers = tuple(int(x) for x in args.layers.split(","))
+        layers = None if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
         editor = LocateEditor(layers=layers, key_site=args.key_site, cov_weight=args.cov_weight, corpus=pool)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
-    locality = locality_items(specs, pool, args.locality_world, args.locality_other)
     summary = run_edit(
         model, specs, editor, locality, args.out, mode=args.mode, conditions=conditions, seed=args.seed
     )

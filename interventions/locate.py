@@ -88,12 +88,12 @@ class LocateEdit(Edit):
 class LocateEditor(Editor):
     """``corpus`` gives the key covariance (default: none, i.e. plain minimum-norm least squares)."""
 
-    layers: tuple[int, ...] = (0, 1, 2)
+    layers: tuple[int, ...] | None = None  # default: every decoder layer
     key_site: str = "answer"
-    cov_weight: float = 1e3  # λ: how strongly keys of the corpus keep their outputs
+    cov_weight: float = 3e3  # λ: how strongly keys of the corpus keep their outputs
     value_steps: int = 100
     value_lr: float = 0.1
-    value_target_p: float = 0.9  # stop once every answer token is this likely (a margin for free decoding)
+    value_target_p: float = 0.99  # stop once every answer token is this likely (a margin for free decoding)
     value_decay: float = 1e-2  # penalty on the mean squared δ relative to the residual's
     corpus: Sequence[Item] = field(default=(), repr=False)
     name: str = "locate"
@@ -101,15 +101,14 @@ class LocateEditor(Editor):
     def __post_init__(self) -> None:
         if self.key_site not in KEY_SITES:
             raise ValueError(f"key_site must be one of {KEY_SITES}, got {self.key_site!r}")
-        if not self.layers:
+        if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one layer")
-        self.layers = tuple(sorted(int(x) for x in self.layers))
         self._cov: dict[tuple[int, int], torch.Tensor] = {}
 
     def config(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "layers": list(self.layers),
+            "layers": "all" if self.layers is None else sorted(self.layers),
             "key_site": self.key_site,
             "cov_weight": self.cov_weight,
             "value_steps": self.value_steps,
@@ -118,6 +117,13 @@ class LocateEditor(Editor):
             "value_decay": self.value_decay,
             "corpus": sorted(item.id for item in self.corpus),
         }
+
+    def _layers(self, model: Intervenable) -> tuple[int, ...]:
+        n_layers = len(decoder_layers(model))
+        layers = tuple(range(n_layers)) if self.layers is None else tuple(sorted(self.layers))
+        if not all(0 <= layer < n_layers for layer in layers):
+            raise ValueError(f"layers {layers} out of range: the model has {n_layers}")
+        return layers
 
     # --- where the keys are ----------------------------------------------------------------------------------
 
@@ -154,12 +160,13 @@ class LocateEditor(Editor):
         if (id(model.module), layer) not in self._cov:
             sums: dict[int, torch.Tensor] = {}
             count = 0
-            with torch.no_grad(), _keys(model, self.layers) as seen:
+            layers = self._layers(model)
+            with torch.no_grad(), _keys(model, layers) as seen:
                 for fp in self._corpus_passes(model):
                     model.module(*fp.args, **fp.kwargs)
-                    width = seen[self.layers[0]][-1].shape[1]
+                    width = seen[layers[0]][-1].shape[1]
                     real = torch.arange(width)[None, :] >= fp.offsets[:, None]
-                    for lay in self.layers:
+                    for lay in layers:
                         k = seen[lay].pop()[real].double()
                         sums[lay] = sums.get(lay, 0) + k.T @ k
                     count += int(real.sum())
@@ -170,9 +177,11 @@ class LocateEditor(Editor):
 
     # --- the edit --------------------------------------------------------------------------------------------
 
-    def _read(self, model: Intervenable, batches, positions, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(
+        self, model: Intervenable, batches, positions, layer: int, last: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys at ``layer`` and residuals after the last edited layer, at every key position (current weights)."""
-        last, keys, resid = self.layers[-1], [], []
+        keys, resid = [], []
         with torch.no_grad(), _keys(model, [layer]) as seen:
             for batch, (rows, cols) in zip(batches, positions, strict=True):
                 captured: list[torch.Tensor] = []
@@ -182,9 +191,11 @@ class LocateEditor(Editor):
                 resid.append(captured[-1][rows, cols])
         return torch.cat(keys), torch.cat(resid)
 
-    def _values(self, model: Intervenable, batches, positions) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _values(
+        self, model: Intervenable, batches, positions, last: int
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Optimise δ per key position so the trained direction gives the new answer; return z = h + δ."""
-        _, h = self._read(model, batches, positions, self.layers[-1])
+        _, h = self._read(model, batches, positions, last, last)
         scale = h.pow(2).mean().sqrt()  # δ = scale · u: the learning rate is relative to the residual's size
         u = torch.zeros_like(h, requires_grad=True)
         optimiser = torch.optim.Adam([u], lr=self.value_lr)
@@ -200,7 +211,7 @@ class LocateEditor(Editor):
                     def shift(t: torch.Tensor, rows=rows, cols=cols, part=part) -> torch.Tensor:
                         return t.index_put((rows, cols), t[rows, cols] + part)
 
-                    with rewrite(model, self.layers[-1], "resid_post", shift):
+                    with rewrite(model, last, "resid_post", shift):
                         values = answer_logprobs(model, batch.fp)
                     mask = batch.fp.answer_mask
                     nll = nll - values[mask].sum()
@@ -217,18 +228,16 @@ class LocateEditor(Editor):
 
     @contextmanager
     def apply(self, model: Intervenable, specs: Sequence, via: str) -> Iterator[LocateEdit]:
-        n_layers = len(decoder_layers(model))
-        if self.layers[-1] >= n_layers:
-            raise ValueError(f"layers {self.layers} out of range: the model has {n_layers}")
+        layers = self._layers(model)
         start = time.perf_counter()
         batches = training_batches(model, specs, via)
         positions = [self._positions(model, b) for b in batches]
-        covs = {layer: self.covariance(model, layer) if self.corpus else None for layer in self.layers}
-        with _restored(model, self.layers) as originals:
-            z, stats = self._values(model, batches, positions)
-            for i, layer in enumerate(self.layers):
-                keys, h = self._read(model, batches, positions, layer)
-                residual = (z - h) / (len(self.layers) - i)
+        covs = {layer: self.covariance(model, layer) if self.corpus else None for layer in layers}
+        with _restored(model, layers) as originals:
+            z, stats = self._values(model, batches, positions, layers[-1])
+            for i, layer in enumerate(layers):
+                keys, h = self._read(model, batches, positions, layer, layers[-1])
+                residual = (z - h) / (len(layers) - i)
                 gram = keys.T @ keys
                 if covs[layer] is not None:
                     gram = gram + self.cov_weight * covs[layer]
@@ -238,7 +247,7 @@ class LocateEditor(Editor):
                     _mlp_out(model, layer).weight.add_(update)
             deltas = {
                 _weight_path(model, layer): _mlp_out(model, layer).weight.detach() - originals[layer]
-                for layer in self.layers
+                for layer in layers
             }
             stats |= {"keys": int(z.shape[0]), "seconds": time.perf_counter() - start}
             yield LocateEdit(deltas, stats)

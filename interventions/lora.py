@@ -10,15 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import peft
 import torch
 
+from gapeval.items import Item
 from gapeval.models.base import Intervenable
-from interventions.base import Edit, Editor, answer_loss, training_batches
+from interventions.base import Edit, Editor, TrainingBatch, answer_loss, rehearsal_batches, training_batches
 from interventions.specs import EditSpec
 
 
@@ -46,14 +47,28 @@ class LoraEditor(Editor):
 
     rank: int = 8
     alpha: int = 16
-    lr: float = 1e-2
-    max_steps: int = 100
+    lr: float = 3e-3
+    max_steps: int = 150
     targets: str = "all"  # "all" of the adapter's lora_targets, or "mlp" (paths under its mlp component)
+    retain_weight: float = 10.0
     seed: int = 0
+    retain: Sequence[Item] = field(default=(), repr=False)  # rehearsed with the model's own answers
     name: str = "lora"
 
+    def __post_init__(self) -> None:
+        self._rehearsal: dict[int, list[list[TrainingBatch]]] = {}
+
     def config(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            **{k: v for k, v in asdict(self).items() if k != "retain"},
+            "retain": [i.id for i in self.retain],
+        }
+
+    def _rehearsal_batches(self, model: Intervenable) -> list[list[TrainingBatch]]:
+        """The unedited model's own answers to ``retain`` (asked once per model)."""
+        if id(model.module) not in self._rehearsal:
+            self._rehearsal[id(model.module)] = rehearsal_batches(model, self.retain) if self.retain else []
+        return self._rehearsal[id(model.module)]
 
     def _targets(self, model: Intervenable) -> list[str]:
         if self.targets == "all":
@@ -66,6 +81,7 @@ class LoraEditor(Editor):
     @contextmanager
     def apply(self, model: Intervenable, specs: Sequence[EditSpec], via: str) -> Iterator[LoraEdit]:
         batches = training_batches(model, specs, via)
+        rehearsal = self._rehearsal_batches(model)
         torch.manual_seed(self.seed)
         config = peft.LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self._targets(model))
         with _wrapped(peft.get_peft_model(model.module, config)) as wrapped:
@@ -75,6 +91,11 @@ class LoraEditor(Editor):
             with torch.enable_grad():
                 loss, worst = answer_loss(model, batches)
                 while worst <= 0.5 and steps < self.max_steps:
+                    if rehearsal:
+                        loss = (
+                            loss
+                            + self.retain_weight * answer_loss(model, rehearsal[steps % len(rehearsal)])[0]
+                        )
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()

@@ -29,7 +29,15 @@ from typing import Any
 from PIL import Image
 
 from gapeval.items import Item
-from gapeval.synth.suite import WK_SUBJECT, WK_UND, world_knowledge_prompts
+from gapeval.synth.suite import (
+    GENERATORS,
+    WK_SUBJECT,
+    WK_UND,
+    item_key,
+    make_world_knowledge,
+    suite_phrasing,
+    world_knowledge_prompts,
+)
 from gapeval.synth.world import COLOURS, SHAPES, Obj, Scene, World, render
 
 KINDS = ("inject", "edit")
@@ -313,4 +321,40 @@ def locality_items(
         if taken.get(item.category, 0) < cap:
             taken[item.category] = taken.get(item.category, 0) + 1
             out.append(item)
+    return out
+
+
+def retain_items(
+    world: World,
+    specs: Sequence[EditSpec],
+    exclude: Sequence[Item],
+    n_world: int = 32,
+    n_other: int = 16,
+    seed: int = 0,
+) -> list[Item]:
+    """Items an editor may rehearse to keep the rest of the model as it was: world-knowledge questions about
+    unedited realms in phrasings the suite does not use, and fresh items of the other categories — none the
+    same question as an ``exclude`` item (the locality items stay held out) or mentioning an edited subject."""
+    rng = random.Random(f"edit-retain-{seed}")
+    taken = {item_key(i) for i in exclude}
+    world_pool = [
+        (realm, hop, p)
+        for realm in world.realms
+        for hop in WK_SUBJECT
+        for p in range(len(WK_UND))
+        if p != suite_phrasing(world, realm, hop)
+    ]
+    rng.shuffle(world_pool)
+    fields = [make_world_knowledge(world, rng, realm, hop, p) for realm, hop, p in world_pool]
+    others = [c for c in GENERATORS if c != "world_knowledge"]
+    fields += [GENERATORS[others[k % len(others)]](world, rng) for k in range(3 * n_other)]
+    out: list[Item] = []
+    counts: dict[str, int] = {}
+    for f in fields:
+        cap = n_world if f["category"] == "world_knowledge" else n_other
+        mentioned = any(s.mentions(f["und_prompt"]) or s.mentions(f["gen_prompt"]) for s in specs)
+        if counts.get(f["category"], 0) >= cap or mentioned or item_key(f) in taken:
+            continue
+        counts[f["category"]] = counts.get(f["category"], 0) + 1
+        out.append(Item(id=f"retain-{len(out):04d}", **f))
     return out

@@ -19,6 +19,7 @@ from interventions.specs import (
     SpecError,
     load_specs,
     locality_items,
+    retain_items,
     synth_spec_data,
     synth_specs,
     write_specs,
@@ -35,12 +36,23 @@ def pool():
 def editors(pool):
     """Small budgets: the tests check the contract (edits move the model, exits restore it), not accuracy."""
     return [
-        LoraEditor(max_steps=4),
+        LoraEditor(max_steps=4, retain=pool[:3]),
         LocateEditor(layers=(0, 1), value_steps=4, corpus=pool[:6]),
     ]
 
 
 # --- specs ---------------------------------------------------------------------------------------------
+
+
+def test_retain_items_are_held_apart_from_locality(pool):
+    specs = synth_specs(WORLD, "edit", 4)
+    local = locality_items(specs, pool)
+    retain = retain_items(WORLD, specs, local, n_world=20, n_other=4)
+    assert len(retain) == 20 + 3 * 4
+    shown = {(i.und_prompt, i.gen_prompt) for i in local}
+    assert not any(
+        (i.und_prompt, i.gen_prompt) in shown or s.mentions(i.und_prompt) for i in retain for s in specs
+    )
 
 
 def test_synth_specs_edit_and_inject():
