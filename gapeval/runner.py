@@ -119,7 +119,7 @@ def _vlm_from_env() -> Judge | None:
     return VLMJudge.from_env()
 
 
-def _verdict(judge: Judge, item: Item, answer: str | Image.Image) -> Verdict:
+def safe_verdict(judge: Judge, item: Item, answer: str | Image.Image) -> Verdict:
     try:
         return judge.judge(item, answer)
     except Exception as exc:  # a judge failure is an error on this item, never a wrong answer
@@ -144,10 +144,10 @@ def _ask(
         return [(None, f"model: returned {len(answers)} answers for {len(requests)} requests")] * len(
             requests
         )
-    return [_checked(answer, kind) for answer in answers]
+    return [checked_answer(answer, kind) for answer in answers]
 
 
-def _checked(answer: Any, kind: type) -> tuple[Any, str | None]:
+def checked_answer(answer: Any, kind: type) -> tuple[Any, str | None]:
     if isinstance(answer, kind):
         return answer, None
     if isinstance(answer, Exception):
@@ -177,7 +177,7 @@ def evaluate_batch(
 
     def judged(key: tuple[str, int]) -> Verdict:
         direction, k = key
-        return _verdict(judges.judge(batch[k], direction), batch[k], answers[direction][k][0])
+        return safe_verdict(judges.judge(batch[k], direction), batch[k], answers[direction][k][0])
 
     keys = [(d, k) for d in DIRECTIONS for k in range(len(batch)) if answers[d][k][1] is None]
     with ThreadPoolExecutor(max_workers=JUDGE_THREADS) as pool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from PIL import Image
+
 from gapeval.items import Item
 from gapeval.models.base import DIRECTIONS, UMM, Request
-from gapeval.runner import JudgePlan, item_seed
+from gapeval.runner import JudgePlan, checked_answer, item_seed, safe_verdict
 
 
 def judged(
@@ -27,8 +29,10 @@ def judged(
 ) -> list[dict[str, Any]]:
     """One record per item: ``{"id", "category", DIRECTION: {"output", "correct", "reason"}}``.
 
-    ``output`` is the text answer (und) or the PIL image when ``keep_images`` (gen; else None). A judge error
-    leaves ``correct`` None with the reason, as in a run. ``directions`` may be one of them only.
+    ``output`` is the text answer (und) or the PIL image when ``keep_images`` (gen; else None). A judge error,
+    or an Exception the adapter returns for one request, leaves ``correct`` None with the reason, as in a run;
+    an exception the model raises propagates (under an intervention it is a bug, not an item's error).
+    ``directions`` may be one of them only.
     """
     plan = judges or JudgePlan(items, None)
     records = [{"id": it.id, "category": it.category} for it in items]
@@ -39,13 +43,18 @@ def judged(
             answers = call(
                 [Request(i.id, i.prompt(direction), i.image, item_seed(seed, i.id)) for i in chunk]
             )
-            for k, (item, answer) in enumerate(zip(chunk, answers, strict=True)):
-                verdict = plan.judge(item, direction).judge(item, answer)
-                keep = answer if isinstance(answer, str) or keep_images else None
+            kind = str if direction == "und" else Image.Image
+            for k, (item, raw) in enumerate(zip(chunk, answers, strict=True)):
+                answer, error = checked_answer(raw, kind)
+                if error is None:
+                    verdict = safe_verdict(plan.judge(item, direction), item, answer)
+                    correct, reason = verdict.correct, verdict.reason or verdict.error or ""
+                else:  # the adapter failed this one request: an error, never a wrong answer
+                    correct, reason = None, error
                 records[start + k][direction] = {
-                    "output": keep,
-                    "correct": verdict.correct,
-                    "reason": verdict.reason or verdict.error or "",
+                    "output": answer if isinstance(answer, str) or keep_images else None,
+                    "correct": correct,
+                    "reason": reason,
                 }
     return records
 
