@@ -331,3 +331,22 @@ def test_span_positions_refuse_words_outside_the_vocabulary(quick_run):
     assert adapter.span_positions(request, "the realm", "und") == adapter.span_positions(
         request, "the realm", "gen"
     )
+
+
+def test_specs_select_shipped_steps_and_training_seeds(quick_run, tmp_path, monkeypatch):
+    import shutil
+
+    from gapeval.models.toy import adapter as toy_adapter
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(quick_run[1], root / "toy-shared" / "step-000030")
+    shutil.copytree(quick_run[1], root / "toy-shared" / "step-000015")
+    shutil.copytree(quick_run[1], root / "toy-shared-seed1" / "step-000030")
+    monkeypatch.setattr(toy_adapter, "CHECKPOINTS", root)
+    assert ToyAdapter.from_spec("shared").checkpoint == root / "toy-shared" / "step-000030"
+    assert ToyAdapter.from_spec("shared@15").checkpoint == root / "toy-shared" / "step-000015"
+    assert ToyAdapter.from_spec("shared@seed1").checkpoint == root / "toy-shared-seed1" / "step-000030"
+    with pytest.raises(CheckpointError, match="'shared' seed 2"):
+        ToyAdapter.from_spec("shared@seed2")
+    with pytest.raises(CheckpointError, match="step 99"):
+        ToyAdapter.from_spec("shared@99")

@@ -23,18 +23,23 @@ PREFILL_ROWS = 24  # rows per length-sorted prompt sub-batch (see ToyAdapter._pr
 COMPONENTS = {"attn": "self_attn", "mlp": "mlp", "mlp_out": "mlp.down_proj"}
 
 
-def shipped_checkpoint(variant: str = "shared", step: int | None = None) -> Path:
-    """Path of a checkpoint committed with the package (the final one unless ``step`` is given)."""
-    root = CHECKPOINTS / f"toy-{variant}"
+def shipped_checkpoint(variant: str = "shared", step: int | None = None, seed: int = 0) -> Path:
+    """Path of a checkpoint committed with the package (the final one unless ``step`` is given).
+
+    Seed 0 (the defaults ``toy``, ``toy:decoupled``) lives in ``toy-VARIANT/``; another training seed in
+    ``toy-VARIANT-seedN/``.
+    """
+    root = CHECKPOINTS / (f"toy-{variant}" if seed == 0 else f"toy-{variant}-seed{seed}")
     steps = sorted(root.glob("step-*"))
+    name = f"{variant!r}" + (f" seed {seed}" if seed else "")
     if not steps:
-        raise CheckpointError(f"no shipped checkpoints for variant {variant!r} under {root}")
+        raise CheckpointError(f"no shipped checkpoints for variant {name} under {root}")
     if step is None:
         return steps[-1]
     wanted = root / f"step-{step:06d}"
     if wanted not in steps:
         raise CheckpointError(
-            f"no shipped checkpoint at step {step} for {variant!r}; have {[p.name for p in steps]}"
+            f"no shipped checkpoint at step {step} for {name}; have {[p.name for p in steps]}"
         )
     return wanted
 
@@ -71,12 +76,15 @@ class ToyAdapter(TeacherForcing):
 
     @classmethod
     def from_spec(cls, spec: str = "", **kwargs) -> ToyAdapter:
-        """``""``/``shared``/``decoupled``, ``VARIANT@STEP`` (a shipped checkpoint), or a checkpoint folder."""
+        """``""``/``shared``/``decoupled``, ``VARIANT@STEP`` (a shipped checkpoint along training),
+        ``VARIANT@seedN`` (the final checkpoint of training seed N), or a checkpoint folder."""
         spec = spec or "shared"
         if Path(spec).is_dir():
             return cls(spec, **kwargs)
-        variant, _, step = spec.partition("@")
-        return cls(shipped_checkpoint(variant, int(step) if step else None), **kwargs)
+        variant, _, at = spec.partition("@")
+        if at.startswith("seed"):
+            return cls(shipped_checkpoint(variant, seed=int(at.removeprefix("seed"))), **kwargs)
+        return cls(shipped_checkpoint(variant, int(at) if at else None), **kwargs)
 
     def config(self) -> dict[str, Any]:
         weights = (self.checkpoint / "model.safetensors").read_bytes()
