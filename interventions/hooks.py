@@ -8,7 +8,7 @@ teacher-forced passes, and every step of KV-cached decoding (where the tensors h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -89,3 +89,34 @@ def recording(model: Intervenable, sites: list[tuple[int, str]]) -> Iterator[dic
 
     with rewrites(model, {key: keep(key) for key in sites}):
         yield seen
+
+
+def decoding_rewrite(
+    model: Intervenable,
+    direction: str | None,
+    from_end: Sequence[int] | None,
+    edit: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    steps: bool = False,
+) -> Rewrite:
+    """A :data:`Rewrite` for ``understand``/``generate``: ``edit`` replaces the selected slice of the tensor.
+
+    The contract's decoding layout in one place: a pass of several columns is a prompt pass over left-padded
+    prompts, so prompt positions counted from the end (``from_end``: -1 = last prompt token; None = every
+    column) are the same columns in every row whatever the padding; a one-column pass is a decoding step, edited
+    (whole) only when ``steps``. Only the rows holding requests (``prompt_rows`` of ``direction``) are edited —
+    not, e.g., Janus's unconditional copies for guidance; ``direction`` None edits every row (a teacher-forced
+    pass, whose columns are counted from the end of the whole sequence).
+    """
+
+    def fn(t: torch.Tensor) -> torch.Tensor | None:
+        step = t.shape[1] == 1
+        if step and not steps:
+            return None
+        cols = slice(None) if from_end is None or step else [t.shape[1] + r for r in from_end]
+        rows = slice(None) if direction is None else model.prompt_rows(t.shape[0], direction)
+        t = t.clone()
+        t[rows, cols] = edit(t[rows, cols])
+        return t
+
+    return fn

@@ -107,9 +107,11 @@ def synth_pairs(
     return pairs
 
 
-def load_pairs(path: str | Path, items: Sequence[Item]) -> list[Pair]:
+def load_pairs(path: str | Path, items: Sequence[Item], model: Intervenable | None = None) -> list[Pair]:
     """Pairs from JSONL lines ``{"id", "clean", "corrupt", "clean_span", "corrupt_span"}`` whose ``clean`` and
-    ``corrupt`` are ids of ``items`` (a suite in the toolkit format, :func:`gapeval.io.load_items`)."""
+    ``corrupt`` are ids of ``items`` (a suite in the toolkit format, :func:`gapeval.io.load_items`) with a reference
+    text and image (the teacher-forced answers). With ``model``, each pair must also pass :func:`check_pair`.
+    Every error is a ValueError that names the file and line."""
     by_id = {it.id: it for it in items}
     pairs = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -118,12 +120,29 @@ def load_pairs(path: str | Path, items: Sequence[Item]) -> list[Pair]:
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
-            pair_id = str(record["id"])
-            clean, corrupt = by_id[record["clean"]], by_id[record["corrupt"]]
-            spans = (str(record["clean_span"]), str(record["corrupt_span"]))
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: malformed JSON: {err}") from None
-        except KeyError as err:
-            raise ValueError(f"{where}: missing field or unknown item id {err}") from None
-        pairs.append(Pair(pair_id, clean, corrupt, spans))
+        try:
+            pair = _pair(record, by_id)
+            if model is not None:
+                check_pair(model, pair)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        pairs.append(pair)
     return pairs
+
+
+def _pair(record: Any, by_id: dict[str, Item]) -> Pair:
+    fields = ("clean", "corrupt", "clean_span", "corrupt_span")
+    if not isinstance(record, dict) or any(not isinstance(record.get(f), str) for f in fields):
+        raise ValueError(f"expected an object with an id and string fields {', '.join(fields)}")
+    if not isinstance(record.get("id"), str | int):
+        raise ValueError("expected an id (a string or a number)")
+    missing = [record[r] for r in ("clean", "corrupt") if record[r] not in by_id]
+    if missing:
+        raise ValueError(f"unknown item id(s) {missing}")
+    clean, corrupt = by_id[record["clean"]], by_id[record["corrupt"]]
+    for item in (clean, corrupt):
+        if not item.reference or item.reference_image is None:
+            raise ValueError(f"item {item.id} needs a reference text and a reference image (the answers)")
+    return Pair(str(record["id"]), clean, corrupt, (record["clean_span"], record["corrupt_span"]))

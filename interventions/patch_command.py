@@ -58,32 +58,40 @@ def handler(args: argparse.Namespace) -> int:
     from interventions import patch_study
     from interventions.pairs import load_pairs, synth_pairs
     from interventions.patch_edit import default_conditions, parse_condition
+    from interventions.patching import site_of
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, [], **parse_model_args(args.model_arg))
     if not isinstance(model, Intervenable):
         raise ValueError(f"{args.model}: the adapter is not intervenable (gapeval.models.base.Intervenable)")
+    conditions = [parse_condition(c) for c in args.condition] or default_conditions(model)
+    for condition in conditions if args.mode == "edit" else []:  # checked before any pair is built
+        if condition.component is not None:
+            site_of(model, condition.component, condition.row)
     if args.pairs_file:
         if not args.items:
             raise ValueError("--pairs-file needs --items (the suite its ids refer to)")
         from gapeval.io import load_items
 
-        pairs = load_pairs(args.pairs_file, load_items(args.items))
+        pairs = load_pairs(args.pairs_file, load_items(args.items), model)
     else:
         pictured = {"pictured": True, "unpictured": False, "all": None}[args.realms]
+        if args.pairs < 1:
+            raise ValueError(f"--pairs must be at least 1, got {args.pairs}")
         pairs = synth_pairs(
             model, args.pairs, seed=args.seed, hop=args.hop, phrasing=args.phrasing, pictured=pictured
         )
+    if not pairs:
+        raise ValueError(f"{args.pairs_file}: no pairs")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
     common = {"min_gap": args.min_gap, "max_rows": args.max_rows, "settings": settings}
     if args.mode == "grid":
         _, text = patch_study.grid_study(model, pairs, args.out, backend=args.backend, top=args.top, **common)
     elif args.mode == "transplant":
-        _, text = patch_study.transplant_study(model, pairs, args.out, **common)
+        _, text = patch_study.transplant_study(model, pairs, args.out, seed=args.seed, **common)
     elif args.mode == "attribution":
         _, text = patch_study.attribution_study(model, pairs, args.out, top=args.top, **common)
     else:
-        conditions = [parse_condition(c) for c in args.condition] or default_conditions(model)
         _, text = patch_study.edit_study(
             model, pairs, args.out, conditions, seed=args.seed, settings=settings
         )

@@ -2,16 +2,16 @@
 
 While the model decodes the corrupted prompt, hooks write the clean run's activations at chosen layers and prompt
 positions. Decoders run the whole prompt in one pass and then one token at a time (KV cache; the contract's
-decoding convention), so the hooks write only in the prompt pass, at columns counted from the prompt's end
-(right-aligned columns are the same whatever left padding a decoder uses), and only in the rows that hold the
-requests (``prompt_rows``: not, e.g., Janus's unconditional copies for guidance). All requests of one decode hold
-the same prompt (one pair at a time here).
+decoding convention), so the hooks (:func:`interventions.hooks.decoding_rewrite`) write only in the prompt pass,
+at columns counted from the prompt's end (right-aligned columns are the same whatever left padding a decoder
+uses), and only in the rows that hold the requests (``prompt_rows``: not, e.g., Janus's unconditional copies for
+guidance). All requests of one decode hold the same prompt (one pair at a time here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from gapeval.models.base import DIRECTIONS, Intervenable
-from interventions.hooks import rewrites
+from interventions.hooks import decoding_rewrite, rewrites
 from interventions.judged import judged
 from interventions.pairs import Pair, prompt_length
 from interventions.patching import COMPONENTS, Patch, Run, grid_rows, run, site_of
@@ -77,29 +77,40 @@ def condition_patches(model: Intervenable, pair: Pair, direction: str, condition
 def patched_decoding(
     model: Intervenable, source: Run, patches: Sequence[Patch], length: int, direction: str
 ) -> Iterator[None]:
-    """Inside the block, every forward pass over a prompt of ``length`` tokens (the prefill) gets ``source``'s
-    activations (its row 0) at the patches' positions, counted from the prompt's end; later passes are left."""
-    plan: dict[tuple[int, str], list[tuple[list[int], torch.Tensor]]] = {}
+    """Inside the block, the prompt pass of decoding a ``length``-token prompt in ``direction`` gets ``source``'s
+    activations (its row 0) at the patches' target positions; decoding steps are left (they read the writes
+    through the KV cache)."""
+    plan: dict[tuple[int, str], tuple[list[int], list[torch.Tensor]]] = {}
     for patch in patches:
         key = (patch.layer, patch.site)
-        values = source.values(key, 0, patch.source_positions)
-        plan.setdefault(key, []).append((list(patch.target), values))
+        from_end, values = plan.setdefault(key, ([], []))
+        from_end += [p - length for p in patch.target]
+        values.append(source.values(key, 0, patch.source_positions))
 
-    def writer(writes: list[tuple[list[int], torch.Tensor]]):
-        def fn(t: torch.Tensor) -> torch.Tensor | None:
-            if t.shape[1] < length:
-                return None
-            t = t.clone()
-            rows = torch.arange(t.shape[0])[model.prompt_rows(t.shape[0], direction)][:, None]
-            for positions, values in writes:
-                cols = [t.shape[1] - length + p for p in positions]
-                t[rows, cols] = values.to(t.dtype)
-            return t
+    def writer(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda t: values.to(t.dtype).expand_as(t)
 
-        return fn
-
-    with rewrites(model, {key: writer(writes) for key, writes in plan.items()}):
+    hooks = {
+        key: decoding_rewrite(model, direction, from_end, writer(torch.cat(values)))
+        for key, (from_end, values) in plan.items()
+    }
+    with rewrites(model, hooks):
         yield
+
+
+def judged_pair(model: Intervenable, pair: Pair, direction: str, seed: int = 0) -> dict[str, Any]:
+    """Decode ``pair``'s corrupted prompt in ``direction`` (under whatever hooks are active) and judge the answer
+    against the clean item (``new``: it follows the clean entity) and the corrupted one (``old``: it keeps its
+    own); ``output`` is the text answer (None for gen)."""
+    prompts = {f"{d}_prompt": pair.corrupt.prompt(d) for d in DIRECTIONS}
+    # The corrupt item's id: the same sampling seed, so both judges read the same decode.
+    new = dataclasses.replace(pair.clean, id=pair.corrupt.id, image=pair.corrupt.image, **prompts)
+    judged_new, judged_old = judged(model, [new, pair.corrupt], directions=[direction], seed=seed)
+    return {
+        "new": judged_new[direction]["correct"],
+        "old": judged_old[direction]["correct"],
+        "output": judged_old[direction]["output"],
+    }
 
 
 def edit_records(
@@ -111,31 +122,19 @@ def edit_records(
     seed: int = 0,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """One record per (pair, direction, condition): does the decoded answer now follow the clean entity (``new``,
-    judged against the clean item) or keep the corrupted one (``old``)? Both items' judges see one decode."""
+    """One record per (pair, direction, condition): does the decoded answer now follow the clean entity (``new``)
+    or keep the corrupted one (``old``)? See :func:`judged_pair`."""
     records = []
     for pair in pairs:
         for direction in directions:
             source = run(model, pair.request("clean", direction), direction, pair.answers(direction))
             length = prompt_length(model, pair.request("corrupt", direction), direction)
-            prompts = {f"{d}_prompt": pair.corrupt.prompt(d) for d in DIRECTIONS}
-            # The corrupt item's id: the same sampling seed, so both judges read the same decode.
-            new = dataclasses.replace(pair.clean, id=pair.corrupt.id, image=pair.corrupt.image, **prompts)
             for condition in conditions:
                 patches = condition_patches(model, pair, direction, condition)
                 with patched_decoding(model, source, patches, length, direction):
-                    judged_new, judged_old = judged(
-                        model, [new, pair.corrupt], directions=[direction], seed=seed
-                    )
+                    verdict = judged_pair(model, pair, direction, seed)
                 records.append(
-                    {
-                        "pair": pair.id,
-                        "direction": direction,
-                        "condition": condition.name,
-                        "new": judged_new[direction]["correct"],
-                        "old": judged_old[direction]["correct"],
-                        "output": judged_old[direction]["output"],
-                    }
+                    {"pair": pair.id, "direction": direction, "condition": condition.name} | verdict
                 )
                 if progress is not None:
                     progress.update(1)

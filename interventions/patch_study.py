@@ -22,7 +22,7 @@ from interventions.attribution import attribution_grid, compare, verify_top
 from interventions.pairs import Pair
 from interventions.patch_edit import Condition, edit_records, edit_table
 from interventions.patching import Run, grid, grid_rows, run
-from interventions.transplant import WHERE, transplant_pair
+from interventions.transplant import ROUTES, WHERE, judged_arrays, shares, transplant_decodes, transplant_pair
 
 Result = tuple[dict[str, Any], str]
 
@@ -147,18 +147,22 @@ def transplant_study(
     *,
     min_gap: float = 0.5,
     max_rows: int = 256,
+    seed: int = 0,
     settings: dict[str, Any] | None = None,
 ) -> Result:
-    """Per layer, und states into the gen run and back, at the entity span and the last prompt token."""
+    """Per layer, und states into the gen run and back, at the entity span and the last prompt token: the
+    normalised metric (pairs whose gap is at least ``min_gap``) and judged decodes (every transplanted pair)."""
     kept: dict[str, list[dict[str, np.ndarray]]] = {}
     dropped: dict[str, list[dict[str, Any]]] = {}
     skipped: list[dict[str, str]] = []
+    records: list[dict[str, Any]] = []
     for pair in tqdm(pairs, desc="transplant", unit="pair"):
         try:
             result = transplant_pair(model, pair, max_rows=max_rows)
         except ValueError as err:  # the span tokenises differently in the two directions
             skipped.append({"pair": pair.id, "reason": str(err)})
             continue
+        records += transplant_decodes(model, pair, seed=seed)
         for route, values in result.items():
             gap = float(values["gap"][0] - values["gap"][1])
             if abs(gap) < min_gap:
@@ -166,12 +170,14 @@ def transplant_study(
             else:
                 kept.setdefault(route, []).append(values)
     labels = report.row_labels("resid", grid_rows(model, "resid"))
+    routes = [f"{a}->{b}" for a, b in ROUTES]
     summary: dict[str, Any] = {
         "settings": settings,
         "mode": "transplant",
         "layers": labels,
         "skipped": skipped,
-        "routes": {},
+        "routes": {r: {"pairs": len(kept.get(r, [])), "dropped": dropped.get(r, [])} for r in routes},
+        "records": records,
     }
     arrays, rows = {}, [{"layer": label} for label in labels]
     for route, results in kept.items():
@@ -179,16 +185,36 @@ def transplant_study(
         report.layer_plot(
             out / f"transplant_{route.replace('->', '_to_')}.png", stacks, labels, f"transplant {route}"
         )
-        summary["routes"][route] = {"pairs": len(results), "dropped": dropped.get(route, [])}
         for where, stack in stacks.items():
             arrays[f"transplant/{route}/{where}"] = stack
             mean, std = np.nanmean(stack, 0), np.nanstd(stack, 0)
             summary["routes"][route][where] = {"mean": mean, "std": std}
             for i, row in enumerate(rows):
                 row[f"{route} {where}"] = float(mean[i])
+    verdicts = judged_arrays(records)
+    arrays |= {f"judged/{key}": v for key, v in verdicts.items()}
+    judged_rows = [{"layer": "unpatched"}] + [{"layer": label} for label in labels]
+    for route in routes if records else []:
+        judged = {
+            w: {m: shares(verdicts[f"{route}/{w}/{m}"]) for m in ("new", "old")} for w in ("none", *WHERE)
+        }
+        summary["routes"][route]["judged"] = {"pairs": len(verdicts[f"{route}/none/new"])} | judged
+        for where in WHERE:
+            marks = [(judged["none"]["new"][0], judged["none"]["old"][0])]
+            marks += zip(judged[where]["new"], judged[where]["old"], strict=True)
+            for row, (new, old) in zip(judged_rows, marks, strict=True):
+                row[f"{route} {where}"] = "/".join("-" if np.isnan(v) else f"{v:.2f}" for v in (new, old))
     report.write(out, arrays, summary)
     columns = ["layer"] + [f"{route} {where}" for route in kept for where in WHERE]
-    return summary, report.table(rows, columns)
+    judged_columns = ["layer"] + [f"{route} {where}" for route in routes for where in WHERE]
+    return summary, "\n".join(
+        [
+            "normalised metric (0: the receiving run on its own entity, 1: on the transplanted one)",
+            report.table(rows, columns),
+            "judged decodes, share of pairs new/old (new: answers for the transplanted entity; old: its own)",
+            report.table(judged_rows, judged_columns),
+        ]
+    )
 
 
 def attribution_study(

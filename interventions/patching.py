@@ -42,6 +42,10 @@ def site_of(model: Intervenable, component: str, row: int) -> tuple[int, str]:
     leaves the last layer; ``attn``/``mlp`` row ``i`` is that module's output in layer ``i``."""
     if component not in COMPONENTS:
         raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
+    if not 0 <= row < grid_rows(model, component):
+        raise ValueError(
+            f"{component} rows are 0..{grid_rows(model, component) - 1} in this model, got {row}"
+        )
     if component != "resid":
         return row, component
     last = n_layers(model)

@@ -5,16 +5,22 @@ prompt token) into B's run at Y's span (its last prompt token), one layer at a t
 was transplanted? The metric is B's log-prob difference of X's answer vs Y's, normalised so that 0 is B's run on Y
 and 1 is B's run on X. Where A = B this is the grid's residual row at those positions; where both prompts name
 the same entity, nothing should change at the embeddings (the tests' check).
+
+The judged counterpart (:func:`transplant_decodes`) lets B *decode* Y's prompt with the same states written in
+its prompt pass (:func:`interventions.patch_edit.patched_decoding`) and judges the answer against X's item (does
+it follow what was transplanted?) and Y's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from gapeval.models.base import Intervenable
 from interventions.pairs import Pair
+from interventions.patch_edit import judged_pair, patched_decoding
 from interventions.patching import Patch, Run, grid_rows, normalised, patched_ld, run, site_of
 
 WHERE = ("span", "end")
@@ -42,6 +48,16 @@ def transplant_patches(
     return [Patch(*site_of(model, "resid", row), tuple(dst), tuple(src)) for row in rows]
 
 
+def _runs(model: Intervenable, pair: Pair, routes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Run]:
+    """(role, direction) -> the teacher-forced run of every direction the routes touch."""
+    directions = sorted({d for route in routes for d in route})
+    return {
+        (role, d): run(model, pair.request(role, d), d, pair.answers(d))
+        for role in ("clean", "corrupt")
+        for d in directions
+    }
+
+
 def transplant_pair(
     model: Intervenable,
     pair: Pair,
@@ -55,11 +71,7 @@ def transplant_pair(
     ld_corrupt])}}``, so callers can drop pairs whose gap is too small to normalise by.
     """
     out: dict[str, dict[str, np.ndarray]] = {}
-    runs = {
-        (role, d): run(model, pair.request(role, d), d, pair.answers(d))
-        for role in ("clean", "corrupt")
-        for d in {d for route in routes for d in route}
-    }
+    runs = _runs(model, pair, routes)
     for a, b in routes:
         source, target, reference = runs[("clean", a)], runs[("corrupt", b)], runs[("clean", b)]
         result = {"gap": np.array([reference.ld, target.ld])}
@@ -69,3 +81,49 @@ def transplant_pair(
             result[where] = normalised(ld.numpy(), reference.ld, target.ld)
         out[f"{a}->{b}"] = result
     return out
+
+
+def transplant_decodes(
+    model: Intervenable,
+    pair: Pair,
+    *,
+    routes: Sequence[tuple[str, str]] = ROUTES,
+    wheres: Sequence[str] = WHERE,
+    rows: Sequence[int] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Judged transplants: per route A->B, B decodes the corrupt entity's prompt with A's clean-entity states
+    written at ``where``, one residual row (layer) at a time, judged as :func:`judged_pair` does (``new``: the
+    answer follows the transplanted entity; ``old``: it keeps its own). Records ``{"pair", "route", "where",
+    "row", "new", "old", "output"}``, plus one with ``where`` "none" (row None): B's unpatched decode. ``rows``
+    picks residual rows (default: all; one decode each, a cost that matters on a large model)."""
+    runs = _runs(model, pair, routes)
+    records = []
+    for a, b in routes:
+        source, target = runs[("clean", a)], runs[("corrupt", b)]
+        head = {"pair": pair.id, "route": f"{a}->{b}"}
+        records.append(head | {"where": "none", "row": None} | judged_pair(model, pair, b, seed))
+        for where in wheres:
+            patches = transplant_patches(model, source, pair.spans[0], target, pair.spans[1], where)
+            for row in range(len(patches)) if rows is None else rows:
+                with patched_decoding(model, source, [patches[row]], target.prompt_length, b):
+                    verdict = judged_pair(model, pair, b, seed)
+                records.append(head | {"where": where, "row": row} | verdict)
+    return records
+
+
+def judged_arrays(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """``{"A->B/where/new|old": (pairs, rows)}`` of :func:`transplant_decodes` verdicts: 1, 0, or NaN where the
+    judge gave none; ``where`` "none" (the unpatched decode) has one column."""
+    grouped: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        for mark in ("new", "old"):
+            per_pair = grouped.setdefault(f"{r['route']}/{r['where']}/{mark}", {})
+            per_pair.setdefault(r["pair"], []).append(np.nan if r[mark] is None else float(r[mark]))
+    return {key: np.array(list(per_pair.values())) for key, per_pair in grouped.items()}
+
+
+def shares(verdicts: np.ndarray) -> np.ndarray:
+    """Per column, the share of judged pairs (rows) marked 1; NaN where no pair was judged."""
+    judged = np.isfinite(verdicts).sum(0)
+    return np.where(judged > 0, np.nansum(verdicts, 0) / np.maximum(judged, 1), np.nan)

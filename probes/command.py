@@ -31,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="erase at every position, generated tokens included, or at the probed one (default: all)",
     )
     p.add_argument("--no-erase", action="store_true", help="probes only, no judged erasure")
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="use only the first N realms of the world, for probes and erasure alike (a quick look; default: all)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass (default: 64)")
     p.add_argument(
         "--threads",
@@ -54,7 +60,7 @@ def handler(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model, [], **parse_model_args(args.model_arg))
     if not isinstance(model, Intervenable):
-        raise SystemExit(f"gapeval probe: model {args.model!r} does not expose the intervention contract")
+        raise ValueError(f"model {args.model!r} does not expose the intervention contract")
     result = probe_study(
         model,
         args.attribute,
@@ -65,6 +71,7 @@ def handler(args: argparse.Namespace) -> int:
         erase_at=args.erase_at,
         erase=not args.no_erase,
         batch_size=args.batch_size,
+        limit=args.limit,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "probe.json").write_text(json.dumps(result, indent=1))

@@ -1,11 +1,11 @@
 """Causal erasure: apply an eraser at one captured layer while the model decodes, and judge both directions.
 
-Decoding runs a prompt pass over the left-padded prompts, then one token per step (KV-cached), and adapters
-may reorder rows into sub-batches (the toy) or double them for guidance (Janus). Positions are therefore given
-relative to the prompt's end — left padding puts a request's last prompt token in the last column of the prompt
-pass, whatever its row — and items are decoded in groups that share those relative positions. A pass of one
-column is a decoding step. Erasing *everywhere* (concept scrubbing) touches every prompt column and every
-generated token; the ``answer`` position touches the last prompt token and every generated token.
+Decoding runs a prompt pass over left-padded prompts, then one token per step (KV-cached), and adapters may
+regroup rows into sub-batches (the toy) or add their own (Janus's copies for guidance). Positions are therefore
+counted from the prompt's end — the layout :func:`interventions.hooks.decoding_rewrite` handles for patched
+decoding too — and items are decoded in groups that share those positions. Erasing *everywhere* (concept
+scrubbing) touches every prompt column and every generated token; the ``answer`` position touches the last
+prompt token and every generated token.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
-
 from gapeval.items import Item
 from gapeval.models.base import Intervenable, Request
-from interventions.hooks import rewrite
+from interventions.hooks import decoding_rewrite, rewrite
 from interventions.judged import accuracy, judged
 from probes.capture import layer_site, position_columns
 from probes.erasers import Eraser
@@ -55,17 +53,7 @@ def erasing(
 
     ``decoding`` names the direction being decoded, so only the rows holding requests are edited
     (``prompt_rows``); None for teacher-forced passes, where every row is a request."""
-
-    def fn(x: torch.Tensor) -> torch.Tensor | None:
-        if x.shape[1] == 1 and at.relative is not None and not at.decode_steps:
-            return None
-        columns = at.relative is not None and x.shape[1] > 1
-        cols = [x.shape[1] + r for r in at.relative] if columns else slice(None)
-        rows = slice(None) if decoding is None else model.prompt_rows(x.shape[0], decoding)
-        x = x.clone()
-        x[rows, cols] = eraser(x[rows, cols])
-        return x
-
+    fn = decoding_rewrite(model, decoding, at.relative, eraser, steps=at.decode_steps)
     with rewrite(model, *layer_site(layer), fn):
         yield
 

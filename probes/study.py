@@ -53,9 +53,11 @@ def erasure_layers(
     seed: int,
     batch_size: int,
     progress: bool,
+    realms: set[str],
 ) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
-    """Judged accuracy without erasure, and per layer with the fitted and the random eraser, per direction."""
-    items = world_knowledge_items(get_suite("synth").items)
+    """Judged accuracy on the world-knowledge items of ``realms`` without erasure, and per layer with the fitted
+    and the random eraser, per direction."""
+    items = [it for it in world_knowledge_items(get_suite("synth").items) if it.meta["realm"] in realms]
     spans = [item_span(world, it) for it in items]
 
     def acc(direction: str, layer: int, eraser: Any) -> float | None:
@@ -96,16 +98,24 @@ def probe_study(
     n_splits: int = 4,
     batch_size: int = 64,
     progress: bool = True,
+    limit: int | None = None,
 ) -> dict[str, Any]:
-    """Run the study and return its raw numbers (states are captured under ``out/states``)."""
+    """Run the study and return its raw numbers (states are captured under ``out/states``).
+
+    ``limit`` keeps the first ``limit`` realms of the world (probing prompts and erasure items alike): a quick
+    look, or a test; None keeps all."""
     if method not in ERASERS:
         raise ValueError(f"method must be one of {sorted(ERASERS)}, got {method!r}")
     if erase_at not in (EVERYWHERE, "probed"):
         raise ValueError(f"erase_at must be 'all' or 'probed', got {erase_at!r}")
+    if limit is not None and limit < 2:
+        raise ValueError(f"limit must keep at least 2 realms (grouped folds), got {limit}")
     times: dict[str, float] = {}
     start = time.perf_counter()
     world = World(0)  # the world of the synth suite (seed 0) and of the shipped toy checkpoints
+    realms = {realm.name for realm in world.realms[:limit]}
     probe_set = world_knowledge_set(world, seed)
+    probe_set = probe_set.subset([i for i, row in enumerate(probe_set.rows) if row["realm"] in realms])
     folder = capture(
         model, probe_set, Path(out) / "states", [position], batch_size=batch_size, progress=progress
     )
@@ -129,6 +139,7 @@ def probe_study(
         "classes": classes,
         "chance": 1 / len(classes),
         "majority": majority_share(labels),
+        "realms": len(realms),
         "rows_per_direction": len(probe_set),
         "folds": len(folds),
         "split_groups": "template" if attribute == "entity" else "entity",
@@ -149,6 +160,7 @@ def probe_study(
             seed=seed,
             batch_size=batch_size,
             progress=progress,
+            realms=realms,
         )
         for layer, row in zip(result["layers"], rows, strict=True):
             layer["erase"] = row

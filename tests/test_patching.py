@@ -2,25 +2,40 @@
 
 The checks of issue 13: full patches reproduce the clean run and empty ones the corrupted run; nnsight writes what
 the torch hooks write; attribution equals exact patching where the metric is linear in the patched activation;
-transplanting an entity's states into a run of the same entity changes nothing; patching during KV-cached
-decoding acts like feeding the clean prompt.
+transplanting an entity's states into a run of the same entity changes nothing, teacher-forced or decoded and
+judged; patching during KV-cached decoding acts like feeding the clean prompt. Then ``gapeval patch`` itself, in
+every mode, on the shipped toy, and its refusal of a bad pairs file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from gapeval.io import save_items
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable
+from gapeval.models.toy.adapter import ToyAdapter
 from interventions.attribution import attribution_grid, compare, verify_top
 from interventions.judged import judged
 from interventions.pairs import Pair, check_pair, synth_pairs
 from interventions.patch_edit import Condition, condition_patches, edit_records, edit_table, patched_decoding
-from interventions.patching import Patch, Run, grid, n_layers, normalised, patched_ld, run, site_of
-from interventions.transplant import transplant_pair, transplant_patches
+from interventions.patching import (
+    COMPONENTS,
+    Patch,
+    Run,
+    grid,
+    n_layers,
+    normalised,
+    patched_ld,
+    run,
+    site_of,
+)
+from interventions.transplant import WHERE, transplant_decodes, transplant_pair, transplant_patches
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +188,54 @@ def test_transplanting_an_entity_into_a_run_of_the_same_entity_changes_nothing(i
     np.testing.assert_allclose(ld.numpy(), target.ld, atol=1e-4)
 
 
+class Recorder:
+    """The adapter, keeping every decoded answer (judged records keep no images)."""
+
+    def __init__(self, model: Intervenable):
+        self._model = model
+        self.answers: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def understand(self, requests):
+        texts = self._model.understand(requests)
+        self.answers += texts
+        return texts
+
+    def generate(self, requests):
+        images = self._model.generate(requests)
+        self.answers += [np.asarray(image) for image in images]
+        return images
+
+
+@pytest.mark.parametrize("route", [("und", "und"), ("gen", "gen"), ("und", "gen"), ("gen", "und")])
+def test_transplanting_an_entity_into_a_decode_of_the_same_entity_leaves_the_judged_answer(
+    intervenable, pair, route
+):
+    """The judged transplant: B decodes the entity's own prompt with A's states of that entity written in its
+    prompt pass. Same direction: at the span and the end, entering layers 0 and 1 and leaving the last (every
+    kind of hook; the teacher-forced test above covers every layer); across: the span's embeddings."""
+    a, b = route
+    same = Pair("same", pair.clean, pair.clean, (pair.spans[0], pair.spans[0]))
+    model = Recorder(intervenable)
+    wheres, rows = (WHERE, [0, 1, n_layers(intervenable)]) if a == b else (("span",), [0])
+    records = transplant_decodes(model, same, routes=[route], wheres=wheres, rows=rows)
+    assert [(r["where"], r["row"]) for r in records] == [("none", None)] + [
+        (w, i) for w in wheres for i in rows
+    ]
+    assert len({(r["new"], r["old"], r["output"]) for r in records}) == 1  # judged as the unpatched decode
+    for answer in model.answers[1:]:  # and decoded to the same tokens, every item of every decode
+        assert np.array_equal(answer, model.answers[0])
+    # The control that the writes land: the other entity's embeddings at the span decode its own prompt.
+    model.answers.clear()
+    other = transplant_decodes(model, pair, routes=[route], wheres=("span",), rows=[0])
+    assert [(r["where"], r["row"]) for r in other] == [("none", None), ("span", 0)]
+    want = Recorder(intervenable)
+    judged(want, [dataclasses.replace(pair.clean, id=pair.corrupt.id)], directions=[b])  # the same seed
+    assert np.array_equal(model.answers[2], want.answers[0])
+
+
 def test_transplant_across_directions_is_per_layer_and_normalised(intervenable, pair):
     result = transplant_pair(intervenable, pair)
     assert set(result) == {"und->gen", "gen->und"}
@@ -209,3 +272,147 @@ def test_edit_table_judges_both_directions_per_condition(intervenable, pair):
     baseline = judged(intervenable, [same_seed])[0]
     for d in DIRECTIONS:  # patching the whole prompt at the embeddings answers like the clean prompt
         assert table["resid:0:prompt"][f"{d}_new"] == baseline[d]["correct"]
+
+
+# --- gapeval patch on the shipped toy ----------------------------------------------------------------------
+
+
+def patch_command(out, *options: str) -> int:
+    from gapeval.cli import main
+
+    return main(["patch", "--model", "toy", "--pairs", "2", "--out", str(out), *options])
+
+
+def read_run(out) -> tuple[dict, dict[str, np.ndarray], set[str]]:
+    """summary.json, arrays.npz (no pickle) and the PNGs a run wrote; every PNG is a real picture."""
+    summary = json.loads((out / "summary.json").read_text())
+    with np.load(out / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    pngs = {p.name for p in out.glob("*.png")}
+    for name in pngs:
+        assert Image.open(out / name).size[0] > 100
+    return summary, arrays, pngs
+
+
+def test_patch_command_grid(tmp_path, capsys):
+    assert patch_command(tmp_path, "--mode", "grid", "--top", "5") == 0
+    summary, arrays, pngs = read_run(tmp_path)
+    layers = n_layers(ToyAdapter.from_spec("shared"))
+    assert summary["mode"] == "grid" and summary["settings"]["pairs"] == 2
+    assert pngs == {f"grid_{d}_{c}.png" for d in DIRECTIONS for c in COMPONENTS}
+    for d in DIRECTIONS:
+        entry = summary["directions"][d]
+        assert len(entry["pairs"]) == 2 and entry["dropped"] == [] and min(map(abs, entry["gaps"])) >= 0.5
+        assert entry["columns"][-1] == "end" and "span" in entry["columns"]
+        for c in COMPONENTS:
+            assert arrays[f"grid/{d}/{c}"].shape == (2, layers + (c == "resid"), len(entry["columns"]))
+        # The embeddings at the span are all that differs between the prompts: patching them is the clean run.
+        assert entry["resid_profile"]["span"][0] == pytest.approx(1.0, abs=1e-4)
+    assert len(summary["top"]) == 5 and summary["top"][0]["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert "grid/und/resid" in capsys.readouterr().out
+
+
+def test_patch_command_transplant_gives_metric_and_judged_outputs(tmp_path, capsys):
+    assert patch_command(tmp_path, "--mode", "transplant") == 0
+    summary, arrays, pngs = read_run(tmp_path)
+    rows = len(summary["layers"])
+    assert pngs == {"transplant_und_to_gen.png", "transplant_gen_to_und.png"} and summary["skipped"] == []
+    for route, entry in summary["routes"].items():
+        assert entry["pairs"] == entry["judged"]["pairs"] == 2
+        for where in WHERE:
+            assert arrays[f"transplant/{route}/{where}"].shape == (2, rows)
+            assert arrays[f"judged/{route}/{where}/new"].shape == (2, rows)
+            assert all(0.0 <= v <= 1.0 for m in ("new", "old") for v in entry["judged"][where][m])
+        # The entity's token embedding is the same in both directions: transplanted, it is the other's prompt.
+        assert entry["span"]["mean"][0] == pytest.approx(1.0, abs=1e-4)
+    assert len(summary["records"]) == 2 * 2 * (1 + 2 * rows)
+    printed = capsys.readouterr().out
+    assert "judged decodes" in printed and "unpatched" in printed
+
+
+def test_patch_command_attribution(tmp_path):
+    assert patch_command(tmp_path, "--mode", "attribution", "--top", "3") == 0
+    summary, arrays, pngs = read_run(tmp_path)
+    assert pngs == {f"attribution_{d}_{c}.png" for d in DIRECTIONS for c in COMPONENTS}
+    for d in DIRECTIONS:
+        entry = summary["directions"][d]
+        assert len(entry["spearman"]) == 2 and all(-1 <= r <= 1 for r in entry["spearman"])
+        assert [len(v["cells"]) for v in entry["top_verified"]] == [3, 3]
+        for c in COMPONENTS:
+            assert arrays[f"attribution/{d}/{c}"].shape == arrays[f"exact/{d}/{c}"].shape
+
+
+def test_patch_command_edit(tmp_path):
+    conditions = ["none", "resid:0:span", "resid:1:end"]
+    assert patch_command(tmp_path, "--mode", "edit", *(f"--condition={c}" for c in conditions)) == 0
+    summary, arrays, pngs = read_run(tmp_path)
+    assert arrays == {} and pngs == set()
+    assert [row["condition"] for row in summary["table"]] == conditions
+    assert len(summary["records"]) == 2 * len(DIRECTIONS) * len(conditions)
+    for row in summary["table"]:
+        assert all(0.0 <= row[f"{d}_{m}"] <= 1.0 for d in DIRECTIONS for m in ("new", "old"))
+
+
+@pytest.fixture(scope="module")
+def pairs_suite(tmp_path_factory):
+    """A toolkit-format suite holding one synth pair's two items, and a valid pairs line for it."""
+    pair = synth_pairs(ToyAdapter.from_spec("shared"), 1, seed=0)[0]
+    folder = save_items([pair.clean, pair.corrupt], tmp_path_factory.mktemp("suite"))
+    line = {
+        "id": "p",
+        "clean": pair.clean.id,
+        "corrupt": pair.corrupt.id,
+        "clean_span": pair.spans[0],
+        "corrupt_span": pair.spans[1],
+    }
+    return folder, line
+
+
+def test_patch_command_reads_a_pairs_file(tmp_path, pairs_suite):
+    folder, line = pairs_suite
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(line) + "\n\n")
+    out = tmp_path / "out"
+    options = ("--pairs-file", str(pairs), "--items", str(folder), "--mode", "edit", "--condition", "none")
+    assert patch_command(out, *options) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["pair"] for r in summary["records"]] == ["p", "p"]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('{"id": "q", "clean": ', "malformed JSON"),
+        ("[1, 2]", "expected an object"),
+        (
+            '{"id": "q", "clean": "nope", "corrupt": "nope", "clean_span": "a", "corrupt_span": "b"}',
+            "unknown item",
+        ),
+        ("span", "spans at positions"),
+        ("absent", "not found"),
+    ],
+)
+def test_patch_command_names_the_bad_line_of_a_pairs_file(tmp_path, pairs_suite, capsys, bad, message):
+    folder, line = pairs_suite
+    if bad in ("span", "absent"):  # valid JSON and ids; a span elsewhere than the other, or not in the prompt
+        bad = json.dumps(line | {"corrupt_span": "emblem" if bad == "span" else "red"})
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(line) + "\n" + bad + "\n")
+    assert patch_command(tmp_path / "out", "--pairs-file", str(pairs), "--items", str(folder)) == 2
+    err = capsys.readouterr().err
+    assert f"{pairs}:2:" in err and message in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (("--mode", "edit", "--condition", "resid:9:span"), "resid rows are 0..4"),
+        (("--mode", "edit", "--condition", "attn:4:end"), "attn rows are 0..3"),
+        (("--pairs", "0"), "--pairs must be at least 1"),
+    ],
+)
+def test_patch_command_refuses_bad_options_in_one_line(tmp_path, capsys, options, message):
+    assert patch_command(tmp_path / "out", *options) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1

@@ -6,9 +6,12 @@ fixture, so it runs on the toy (both variants) and tiny Janus without knowing wh
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from gapeval.models.base import final_hidden
@@ -248,3 +251,34 @@ def test_probe_command_is_registered_with_its_defaults(tmp_path):
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["probe", "--model", "toy", "--attribute", "size", "--out", str(tmp_path)])
+
+
+def test_probe_command_writes_one_row_per_layer(tmp_path, capsys):
+    from gapeval.cli import main
+
+    out = tmp_path / "probe"
+    argv = ["probe", "--model", "toy", "--attribute", "colour", "--limit", "8", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "probe.json").read_text())
+    assert (result["realms"], result["rows_per_direction"]) == (8, 8 * 6)
+    assert [layer["layer"] for layer in result["layers"]] == ["embed", "0", "1", "2", "3"]
+    probe_keys = {"acc_und", "acc_gen", "control_und", "control_gen", "und_to_gen", "gen_to_und"}
+    erase_keys = {f"{kind}{d}" for kind in ("", "random_", "drop_", "random_drop_") for d in ("und", "gen")}
+    for layer in result["layers"]:
+        assert set(layer) == {"layer", "erase", *probe_keys}
+        assert all(0.0 <= layer[key]["mean"] <= 1.0 and len(layer[key]["folds"]) == 4 for key in probe_keys)
+        assert set(layer["erase"]) == {"rank", *erase_keys}
+    assert result["layers"][0]["erase"]["rank"] == 0  # every prompt ends in the same token: nothing to erase
+    assert set(result["erasure"]["baseline"]) == {"und", "gen"}
+    assert Image.open(out / "probe.png").size[0] > 100
+    assert (
+        len(capsys.readouterr().out.splitlines()) == 1 + 1 + 5 + 1 + 1
+    )  # title, head, layers, erasure, wrote
+
+
+def test_probe_command_refuses_too_few_realms(tmp_path, capsys):
+    from gapeval.cli import main
+
+    argv = ["probe", "--model", "toy", "--attribute", "colour", "--limit", "1", "--out", str(tmp_path / "p")]
+    assert main(argv) == 2
+    assert "at least 2 realms" in capsys.readouterr().err
