@@ -31,7 +31,8 @@ def site_module(model: Intervenable, layer: int, site: str) -> torch.nn.Module:
     return block if site in ("resid_pre", "resid_post") else block.get_submodule(model.components[site])
 
 
-def _first(value: Any) -> torch.Tensor:
+def first_tensor(value: Any) -> torch.Tensor:
+    """A module's output tensor: itself, or the first element of a tuple (e.g. an attention block's)."""
     return value[0] if isinstance(value, tuple) else value
 
 
@@ -57,7 +58,7 @@ def rewrite(model: Intervenable, layer: int, site: str, fn: Rewrite) -> Iterator
     else:
 
         def post(_m: torch.nn.Module, _args: tuple, out: Any) -> Any:
-            new = fn(_first(out))
+            new = fn(first_tensor(out))
             return None if new is None else _replace_first(out, new)
 
         handle = module.register_forward_hook(post)

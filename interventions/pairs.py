@@ -42,8 +42,7 @@ class Pair:
 
 def prompt_length(model: Intervenable, request: Request, direction: str) -> int:
     """Number of prompt positions the decoder layers see for ``request`` in ``direction``."""
-    inputs = model.forward_inputs([request], direction)
-    return int(inputs.prompt_end[0] - inputs.offsets[0]) + 1
+    return model.forward_inputs([request], direction).prompt_length()
 
 
 def check_pair(model: Intervenable, pair: Pair, directions: Sequence[str] = DIRECTIONS) -> None:

@@ -88,7 +88,7 @@ class Run:
 
     @property
     def prompt_length(self) -> int:
-        return int(self.inputs.prompt_end[0] - self.inputs.offsets[0]) + 1
+        return self.inputs.prompt_length()
 
     def values(self, key: tuple[int, str], row: int, positions: Sequence[int]) -> torch.Tensor:
         """(len(positions), d) activations of ``row`` at unpadded ``positions``."""

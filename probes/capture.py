@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable, Request
+from interventions.hooks import first_tensor
 from probes.dataset import ProbeSet
 from probes.names import POSITIONS
 
@@ -79,10 +80,6 @@ def _envoy(traced: Any, path: str) -> Any:
     return node
 
 
-def _first(value: Any) -> torch.Tensor:
-    return value[0] if isinstance(value, tuple) else value
-
-
 def capture_batch(
     traced: Any, model: Intervenable, fp: ForwardPass, columns: Sequence[list[list[int]]]
 ) -> torch.Tensor:
@@ -96,7 +93,7 @@ def capture_batch(
         w = weights.to(device=hidden.device, dtype=hidden.dtype)
         saved.append(nnsight.save(torch.einsum("pbt,btd->bpd", w, hidden)))
         for layer in layers:
-            saved.append(nnsight.save(torch.einsum("pbt,btd->bpd", w, _first(layer.output))))
+            saved.append(nnsight.save(torch.einsum("pbt,btd->bpd", w, first_tensor(layer.output))))
         tracer.stop()  # the heads after the last layer are not needed
     return torch.stack([s.float().cpu() for s in saved], dim=2)
 

@@ -40,7 +40,7 @@ def where(model: Intervenable, request: Request, direction: str, position: str, 
     if position == "answer":
         return Where((-1,), True)
     fp = model.forward_inputs([request], direction)  # one row: no padding, the prompt ends the sequence
-    length = int(fp.prompt_end[0]) + 1
+    length = fp.prompt_length()
     columns = position_columns(model, fp, [request], [span], position)[0]
     return Where(tuple(c - length for c in columns), False)
 

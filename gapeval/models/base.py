@@ -79,6 +79,10 @@ class ForwardPass:
     def __len__(self) -> int:
         return int(self.offsets.shape[0])
 
+    def prompt_length(self, row: int = 0) -> int:
+        """Number of prompt tokens of ``row`` (unpadded): its prompt ends at position ``prompt_length - 1``."""
+        return int(self.prompt_end[row] - self.offsets[row]) + 1
+
     def columns(self, row: int, positions: Sequence[int]) -> list[int]:
         """Padded columns of unpadded ``positions`` in ``row`` (e.g. a span from ``span_positions``)."""
         return [int(self.offsets[row]) + int(p) for p in positions]
