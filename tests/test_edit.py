@@ -10,6 +10,7 @@ import torch
 from gapeval.manifest import RunMismatchError
 from gapeval.models.base import Request
 from gapeval.suites import get_suite
+from gapeval.synth.suite import item_key
 from gapeval.synth.world import World
 from interventions.edit import RECORDS, read_records, run_edit
 from interventions.locate import LocateEditor
@@ -49,10 +50,8 @@ def test_retain_items_are_held_apart_from_locality(pool):
     local = locality_items(specs, pool)
     retain = retain_items(WORLD, specs, local, n_world=20, n_other=4)
     assert len(retain) == 20 + 3 * 4
-    shown = {(i.und_prompt, i.gen_prompt) for i in local}
-    assert not any(
-        (i.und_prompt, i.gen_prompt) in shown or s.mentions(i.und_prompt) for i in retain for s in specs
-    )
+    shown = {item_key(i) for i in local}
+    assert not any(item_key(i) in shown or s.mentions(i.und_prompt) for i in retain for s in specs)
 
 
 def test_synth_specs_edit_and_inject():
