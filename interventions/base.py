@@ -46,6 +46,10 @@ class Editor(ABC):
     def config(self) -> dict[str, Any]:
         """The hyperparameters (part of an experiment's identity: another config is another experiment)."""
 
+    def prepare(self, model: Intervenable) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Compute what this editor needs once per model (key statistics, the model's own answers), so that
+        ``apply`` times only the edit."""
+
     @abstractmethod
     def apply(self, model: Intervenable, specs: Sequence[EditSpec], via: str) -> AbstractContextManager[Edit]:
         """Edit ``model`` with ``specs`` trained through ``via`` inside the block; restore it on exit."""

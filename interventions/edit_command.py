@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 # Literal copies of the editors' defaults (building the parser must not import torch).
-LOCATE_DEFAULTS = {"layers": "all", "key_site": "answer", "cov_weight": 3e3}
+LOCATE_DEFAULTS = {"layers": "all", "key_site": "answer", "cov_weight": 1e3}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,13 +92,15 @@ def handler(args: argparse.Namespace) -> int:
     if not isinstance(model, Intervenable):
         raise ValueError(f"model {args.model!r} does not expose the intervention contract")
     locality = locality_items(specs, pool, args.locality_world, args.locality_other)
+    # What editors keep unchanged comes from the synth world, held apart from the locality items.
+    retain = retain_items(world, specs, locality, n_world=64, n_other=32, seed=args.seed)
     if args.method == "lora":
-        # Rehearsal items come from the synth world (held apart from the locality items).
-        retain = retain_items(world, specs, locality, n_world=64, n_other=32, seed=args.seed)
         editor = LoraEditor(seed=args.seed, retain=retain)
     else:
         layers = None if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
-        editor = LocateEditor(layers=layers, key_site=args.key_site, cov_weight=args.cov_weight, corpus=pool)
+        editor = LocateEditor(
+            layers=layers, key_site=args.key_site, cov_weight=args.cov_weight, corpus=pool, retain=retain
+        )
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     summary = run_edit(
         model, specs, editor, locality, args.out, mode=args.mode, conditions=conditions, seed=args.seed

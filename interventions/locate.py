@@ -29,7 +29,14 @@ from safetensors.torch import load_file, save_file
 
 from gapeval.items import Item
 from gapeval.models.base import ForwardPass, Intervenable, Request
-from interventions.base import Edit, Editor, TrainingBatch, answer_logprobs, training_batches
+from interventions.base import (
+    Edit,
+    Editor,
+    TrainingBatch,
+    answer_logprobs,
+    rehearsal_batches,
+    training_batches,
+)
 from interventions.hooks import layers as decoder_layers
 from interventions.hooks import rewrite
 
@@ -73,6 +80,11 @@ def _restored(model: Intervenable, layers: Sequence[int]) -> Iterator[dict[int, 
                 _mlp_out(model, layer).weight.copy_(weight)
 
 
+def _answer_positions(fp: ForwardPass) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.arange(len(fp))[:, None].expand_as(fp.answer_positions)
+    return rows[fp.answer_mask], fp.answer_positions[fp.answer_mask]
+
+
 class LocateEdit(Edit):
     suffix = ".safetensors"
 
@@ -90,12 +102,14 @@ class LocateEditor(Editor):
 
     layers: tuple[int, ...] | None = None  # default: every decoder layer
     key_site: str = "answer"
-    cov_weight: float = 3e3  # λ: how strongly keys of the corpus keep their outputs
+    cov_weight: float = 1e3  # λ: how strongly keys of the corpus keep their outputs
     value_steps: int = 100
     value_lr: float = 0.1
     value_target_p: float = 0.99  # stop once every answer token is this likely (a margin for free decoding)
     value_decay: float = 1e-2  # penalty on the mean squared δ relative to the residual's
     corpus: Sequence[Item] = field(default=(), repr=False)
+    retain: Sequence[Item] = field(default=(), repr=False)  # answers whose outputs the update must keep
+    retain_weight: float = 1.0
     name: str = "locate"
 
     def __post_init__(self) -> None:
@@ -104,6 +118,7 @@ class LocateEditor(Editor):
         if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one layer")
         self._cov: dict[tuple[int, int], torch.Tensor] = {}
+        self._kept: dict[int, list[TrainingBatch]] = {}
 
     def config(self) -> dict[str, Any]:
         return {
@@ -116,6 +131,8 @@ class LocateEditor(Editor):
             "value_target_p": self.value_target_p,
             "value_decay": self.value_decay,
             "corpus": sorted(item.id for item in self.corpus),
+            "retain": sorted(item.id for item in self.retain),
+            "retain_weight": self.retain_weight,
         }
 
     def _layers(self, model: Intervenable) -> tuple[int, ...]:
@@ -131,8 +148,7 @@ class LocateEditor(Editor):
         """(rows, columns) of the key positions of a batch."""
         fp = batch.fp
         if self.key_site == "answer":
-            rows = torch.arange(len(fp))[:, None].expand_as(fp.answer_positions)
-            return rows[fp.answer_mask], fp.answer_positions[fp.answer_mask]
+            return _answer_positions(fp)
         if self.key_site == "last":
             return torch.arange(len(fp)), fp.prompt_end
         cols = [
@@ -140,6 +156,21 @@ class LocateEditor(Editor):
             for row, (req, subject) in enumerate(zip(batch.requests, batch.subjects, strict=True))
         ]
         return torch.arange(len(fp)), torch.tensor(cols)
+
+    def prepare(self, model: Intervenable) -> None:
+        if self.corpus:
+            self.covariance(model, self._layers(model)[0])
+        self._kept_batches(model)
+
+    def _kept_batches(self, model: Intervenable) -> list[TrainingBatch]:
+        """The unedited model's own answers to ``retain``: their keys join the least squares with a zero
+        residual, so the update leaves those outputs where they were (asked once per model)."""
+        if id(model.module) not in self._kept:
+            rounds = (
+                rehearsal_batches(model, self.retain, rows=max(1, len(self.retain))) if self.retain else []
+            )
+            self._kept[id(model.module)] = [b for batch in rounds[:1] for b in batch]
+        return self._kept[id(model.module)]
 
     # --- the key covariance of the world's text --------------------------------------------------------------
 
@@ -233,6 +264,7 @@ class LocateEditor(Editor):
         batches = training_batches(model, specs, via)
         positions = [self._positions(model, b) for b in batches]
         covs = {layer: self.covariance(model, layer) if self.corpus else None for layer in layers}
+        kept = self._kept_batches(model)
         with _restored(model, layers) as originals:
             z, stats = self._values(model, batches, positions, layers[-1])
             for i, layer in enumerate(layers):
@@ -241,6 +273,11 @@ class LocateEditor(Editor):
                 gram = keys.T @ keys
                 if covs[layer] is not None:
                     gram = gram + self.cov_weight * covs[layer]
+                if kept:
+                    held, _ = self._read(
+                        model, kept, [_answer_positions(b.fp) for b in kept], layer, layers[-1]
+                    )
+                    gram = gram + self.retain_weight * held.T @ held
                 gram = gram + 1e-6 * torch.eye(gram.shape[0])
                 update = torch.linalg.solve(gram.double(), (keys.T @ residual).double()).T.float()
                 with torch.no_grad():

@@ -64,6 +64,9 @@ class LoraEditor(Editor):
             "retain": [i.id for i in self.retain],
         }
 
+    def prepare(self, model: Intervenable) -> None:
+        self._rehearsal_batches(model)
+
     def _rehearsal_batches(self, model: Intervenable) -> list[list[TrainingBatch]]:
         """The unedited model's own answers to ``retain`` (asked once per model)."""
         if id(model.module) not in self._rehearsal:

@@ -210,3 +210,24 @@ def test_cli_rejects_a_bad_spec_file_before_loading_a_model(tmp_path, capsys):
     path.write_text('{"id": "x"}\n')
     assert main(["edit", "--model", "toy", "--edits-file", str(path), "--out", str(tmp_path / "o")]) == 2
     assert f"file={path}, line=1, field=subject" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("site", ["last", "subject"])
+def test_locate_key_sites_read_one_key_per_training_prompt(toy, pool, site):
+    specs = synth_specs(WORLD, "edit", 2)
+    before = {k: v.clone() for k, v in toy.module.state_dict().items()}
+    editor = LocateEditor(key_site=site, value_steps=3, corpus=pool[:4])
+    with editor.apply(toy, specs, via="und") as edit:
+        assert edit.stats["keys"] == sum(len(s.train["und"]) for s in specs)
+        # The toy's late residual at the name's position does not reach the answer (toy-mechanism.md): no
+        # value shift there can be learned, so nothing is written. The last prompt token does reach it.
+        assert any(d.abs().sum() > 0 for d in edit.deltas.values()) == (site == "last")
+    assert all(torch.equal(before[k], v) for k, v in toy.module.state_dict().items())
+
+
+def test_cli_defaults_are_the_editors():
+    from interventions.edit_command import LOCATE_DEFAULTS
+
+    editor = LocateEditor()
+    assert LOCATE_DEFAULTS == {"layers": "all", "key_site": editor.key_site, "cov_weight": editor.cov_weight}
+    assert editor.layers is None  # "all"
