@@ -55,10 +55,11 @@ def plot(summary: dict[str, Any], path: str | Path, title: str = "") -> None:
             mean = est["mean"] or 0.0
             err = [[mean - est["ci"][0]], [est["ci"][1] - mean]] if est["ci"] else None
             ax.bar(k, mean, color=colours.get(condition, "#555"), yerr=err, capsize=3)
-            ax.text(k, mean + 0.02, f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
+            top = est["ci"][1] if est["ci"] else mean
+            ax.text(k, top + 0.02, f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(conditions)), [LABELS.get(c, c) for c in conditions], rotation=20, fontsize=8)
         ax.set_title(f"evaluated in {name}", fontsize=9)
-        ax.set_ylim(0, 1.1)
+        ax.set_ylim(0, 1.15)
     axes[0].set_ylabel("accuracy on the target knowledge")
     if title:
         fig.suptitle(title, fontsize=10)
