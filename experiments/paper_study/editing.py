@@ -1,0 +1,166 @@
+"""Section 2, knowledge inject and edit (the paper's knowledge-manipulation figure): train a new fact in through
+one direction (:func:`interventions.edit.run_edit`, both editors), judge both directions, against the paper's
+published values.
+
+Records: each run's ``records.jsonl`` (edit × condition × item × direction, written by the library) under
+``edit/<model>/<kind>-<editor>/``, and ``edit/edit.jsonl``, one line per (run, condition, direction, metric).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from experiments.paper_study.records import Section, markdown_table, num, slug, with_ci, write_jsonl
+from experiments.paper_study.study import Context
+
+LABELS = {"baseline": "Baseline", "und": "Train-on-Und", "gen": "Train-on-Gen", "both": "Train-on-Both"}
+PUBLISHED_ORDER = ("und", "gen", "baseline")  # the order of the config's published triples
+
+
+def make_editor(method: str, specs: Sequence[Any], pool: Sequence[Any], seed: int) -> Any:
+    """The editor ``gapeval edit --method METHOD`` builds, with its defaults (so the command line reproduces
+    a run): LoRA rehearses held-apart synth items, locate-then-edit takes its key covariance from ``pool``."""
+    from gapeval.synth.world import World
+    from interventions.locate import LocateEditor
+    from interventions.lora import LoraEditor
+    from interventions.specs import locality_items, retain_items
+
+    if method == "lora":
+        retain = retain_items(World(0), specs, locality_items(specs, pool), n_world=64, n_other=32, seed=seed)
+        return LoraEditor(seed=seed, retain=retain)
+    if method == "locate":
+        return LocateEditor(corpus=pool)
+    raise ValueError(f"unknown editor {method!r}; expected lora or locate")
+
+
+def unrepresentable(model: Any, specs: Sequence[Any]) -> list[str]:
+    """Subjects of ``specs`` the model cannot write in its prompts (e.g. names outside its vocabulary)."""
+    from gapeval.models.base import Request
+
+    missing = []
+    for spec in specs:
+        try:
+            model.span_positions(Request(spec.id, spec.targets[0]["und"]), spec.subject, "und")
+        except ValueError:
+            missing.append(spec.subject)
+    return missing
+
+
+def propagation(summary: dict[str, Any], via: str) -> dict[str, Any]:
+    """Train-on-``via``: efficacy in ``via``, and the other direction against its baseline."""
+    other = "gen" if via == "und" else "und"
+    after, before = summary[via][other], summary["baseline"][other]
+    ci = after["target"]["ci"]
+    return {
+        "efficacy": summary[via][via]["target"],
+        "other": other,
+        "after": after["target"],
+        "baseline": before["target"]["mean"],
+        "above_baseline": ci is not None and ci[0] > before["target"]["mean"],
+        "logprob_shift": after["logprob_shift"],
+    }
+
+
+def _finding(model: str, kind: str, method: str, summary: dict[str, Any]) -> str:
+    parts = []
+    for via in ("und", "gen"):
+        if via not in summary or "baseline" not in summary:
+            continue
+        p = propagation(summary, via)
+        shift = p["logprob_shift"]
+        parts.append(
+            f"{LABELS[via]} reaches {via} {with_ci(p['efficacy']['mean'], p['efficacy']['ci'])} and {p['other']} "
+            f"{with_ci(p['after']['mean'], p['after']['ci'])} (baseline {num(p['baseline'])}; "
+            f"{'above' if p['above_baseline'] else 'not above'} it; Δlogp {with_ci(shift['mean'], shift['ci'])})"
+        )
+    return f"`{model}`, {kind}, {method}: " + "; ".join(parts) + "."
+
+
+def figure_table(results: Sequence[tuple[str, str, str, dict[str, Any]]], conditions: Sequence[str]) -> str:
+    """The paper figure's layout: target accuracy per condition, evaluated in und and in gen."""
+    header = ["model", "kind", "editor"] + [f"{d} · {LABELS[c]}" for d in ("und", "gen") for c in conditions]
+    body = [
+        [model, kind, method]
+        + [with_ci(s[c][d]["target"]["mean"], s[c][d]["target"]["ci"]) if c in s else "–" for d in ("und", "gen") for c in conditions]
+        for model, kind, method, s in results
+    ]  # fmt: skip
+    return markdown_table(header, body)
+
+
+def published_table(published: dict[str, Any]) -> str:
+    body = [
+        [kind, direction, model, *(num(v) for v in values)]
+        for kind, by_direction in published.items()
+        for direction, by_model in by_direction.items()
+        for model, values in by_model.items()
+    ]
+    return markdown_table(["kind", "evaluated in", "model", *(LABELS[c] for c in PUBLISHED_ORDER)], body)
+
+
+def edit_section(ctx: Context) -> Section:
+    from gapeval.models.base import Intervenable
+    from gapeval.synth.world import World
+    from interventions.edit import run_edit
+    from interventions.edit_report import format_table, plot
+    from interventions.specs import locality_items, synth_specs
+
+    sizes, seed = ctx.config.sizes["edit"], ctx.config.seed
+    conditions = list(sizes["conditions"])
+    folder = ctx.folder("edit")
+    section = Section("edit", "Knowledge inject and edit")
+    results, rows = [], []
+    for spec in ctx.config.models:
+        model = ctx.model(spec)
+        if not isinstance(model, Intervenable):
+            section.skipped.append(f"`{spec}`: the adapter does not expose the intervention contract")
+            continue
+        for kind in sizes["kinds"]:
+            specs = synth_specs(World(0), kind, sizes["specs"], seed)
+            if missing := unrepresentable(model, specs):
+                section.skipped.append(
+                    f"`{spec}`, {kind}: the model cannot represent the subjects {', '.join(missing[:4])}"
+                    f"{' …' if len(missing) > 4 else ''} (its vocabulary predates the reserve realms)"
+                )
+                continue
+            locality = locality_items(specs, ctx.items)
+            for method in sizes["editors"]:
+                out = folder / slug(spec) / f"{kind}-{method}"
+                editor = make_editor(method, specs, ctx.items, seed)
+                summary = run_edit(model, specs, editor, locality, out, conditions=conditions, seed=seed)
+                title = f"{spec}: {method}, {len(specs)} {kind} specs"
+                plot(summary, out / "edit.png", title)
+                results.append((spec, kind, method, summary))
+                rel = out.relative_to(ctx.out)
+                section.table(
+                    f"{title} (95 % bootstrap CI over edits; `{rel}/records.jsonl`)", format_table(summary)
+                )
+                section.figure(title, out / "edit.png", ctx.out)
+                section.records.append(f"{rel}/records.jsonl")
+                section.commands.append(
+                    f"gapeval edit --model {spec} --kind {kind} --edits {len(specs)} --method {method} "
+                    f"--conditions {','.join(conditions)} --seed {seed} --out {out}"
+                )
+                section.findings.append(_finding(spec, kind, method, summary))
+                rows += [
+                    {"model": spec, "kind": kind, "editor": method, "condition": c, "direction": d, "metric": m, **est}
+                    for c, by_d in summary.items()
+                    for d, metrics in by_d.items()
+                    for m, est in metrics.items()
+                ]  # fmt: skip
+    write_jsonl(folder / "edit.jsonl", rows)
+    section.records.insert(0, "edit/edit.jsonl")
+    if results:
+        section.tables.insert(
+            0,
+            {
+                "caption": "Accuracy on the target knowledge, per condition and evaluated direction (the paper's "
+                "figure; 95 % bootstrap CI over edits)",
+                "markdown": figure_table(results, conditions),
+            },
+        )
+    section.table(
+        "Published (GapEval paper figure; published, not run here)",
+        published_table(ctx.config.published["edit"]),
+    )
+    return section

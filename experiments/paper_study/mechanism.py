@@ -1,0 +1,210 @@
+"""Section 5, mechanism: where each direction carries a realm's emblem (activation patching grids), whether one
+direction's states work in the other (transplants), whether a linear probe trained on one direction reads the
+other (transfer), and whether erasing the probed subspace breaks each direction (LEACE vs a random subspace).
+Each is one library call (``interventions.patch_study``, ``probes.study``) at the config's sizes; the paragraphs
+are templated from the numbers with fixed thresholds, so they claim nothing the numbers do not show.
+
+Records: per model, ``mechanism/<model>/{grid,transplant}/`` (the library's ``summary.json`` and ``arrays.npz``),
+``probe/probe.json``, and ``mechanism/mechanism.jsonl`` (the numbers the paragraphs use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from experiments.paper_study.records import Section, num, slug, unit, write_json, write_jsonl
+from experiments.paper_study.study import Context
+
+CARRIED = 0.3  # a normalised patching effect at or above this counts as carrying the answer
+
+
+def _rows_at_or_above(values: Sequence[float | None], labels: Sequence[str]) -> str:
+    hits = [
+        f"{label} ({v:.2f})"
+        for v, label in zip(values, labels, strict=True)
+        if v is not None and v >= CARRIED
+    ]
+    return ", ".join(hits)
+
+
+def _at_most(values: Sequence[float | None]) -> str:
+    finite = [abs(v) for v in values if v is not None]
+    return num(max(finite)) if finite else "–"
+
+
+def carried(values: Sequence[float | None], labels: Sequence[str], what: str) -> str:
+    """'<what> carries it entering in 1 (0.57), …' or '<what> carries it nowhere (|mean| ≤ 0.04)'."""
+    hits = _rows_at_or_above(values, labels)
+    return (
+        f"{what} carries it at {hits}" if hits else f"{what} carries it nowhere (|mean| ≤ {_at_most(values)})"
+    )
+
+
+def grid_numbers(model: Any, pairs: Sequence[Any], out: Any) -> dict[str, Any]:
+    from interventions.patch_report import row_labels
+    from interventions.patch_study import grid_study
+
+    summary, _ = grid_study(model, pairs, out)
+    directions = summary["directions"]
+    rows = next(len(d["resid_profile"]["end"]) for d in directions.values() if d.get("resid_profile"))
+    return {
+        "rows": row_labels("resid", rows),
+        "pairs": {d: len(v["pairs"]) for d, v in directions.items()},
+        "profile": {d: v.get("resid_profile") for d, v in directions.items()},
+    }
+
+
+def transplant_numbers(model: Any, pairs: Sequence[Any], out: Any, seed: int) -> dict[str, Any]:
+    from interventions.patch_study import transplant_study
+
+    summary, _ = transplant_study(model, pairs, out, seed=seed)
+    routes = {}
+    for route, r in summary["routes"].items():
+        routes[route] = {
+            "pairs": r["pairs"],
+            **{where: [float(v) for v in r[where]["mean"]] for where in ("span", "end") if where in r},
+            "judged_new": {w: r["judged"][w]["new"] for w in ("span", "end")} if "judged" in r else None,
+        }
+    return {"rows": summary["layers"], "routes": routes}
+
+
+def probe_numbers(model: Any, out: Any, sizes: dict[str, Any], seed: int) -> dict[str, Any]:
+    from probes.report import plot
+    from probes.study import probe_study
+
+    result = probe_study(model, sizes["attribute"], sizes["position"], out, seed=seed,
+                         limit=sizes["probe_realms"], progress=False)  # fmt: skip
+    write_json(out / "probe.json", result)
+    plot(result, out / "probe.png")
+    keys = ("acc_und", "acc_gen", "und_to_gen", "gen_to_und")
+    return {
+        "chance": result["chance"],
+        "majority": result["majority"],
+        "layers": [layer["layer"] for layer in result["layers"]],
+        **{k: [layer[k]["mean"] for layer in result["layers"]] for k in keys},
+        "erase": [layer.get("erase") for layer in result["layers"]],
+        "baseline": result.get("erasure", {}).get("baseline"),
+    }
+
+
+def _span(values: Sequence[float | None]) -> str:
+    finite = [v for v in values if v is not None]
+    return f"{min(finite):.2f}–{max(finite):.2f}" if finite else "–"
+
+
+def paragraphs(spec: str, grid: dict, transplant: dict, probe: dict, sizes: dict) -> list[str]:
+    rows = grid["rows"]
+    out = []
+    parts = []
+    for d in ("und", "gen"):
+        profile = grid["profile"].get(d)
+        if not profile:
+            parts.append(f"{d}: no pair kept")
+            continue
+        parts.append(
+            f"{carried(profile['end'], rows, f'{d} at the last prompt token')}; "
+            f"{carried(profile['span'], rows, 'at the entity span it')}"
+        )
+    out.append(
+        f"**Patching, `{spec}`** (pairs kept: {', '.join(f'{d} {n}' for d, n in grid['pairs'].items())}; residual stream, normalised effect, "
+        f"carrying = ≥ {CARRIED}, rows `in k` enter layer k): " + ". ".join(parts) + "."
+    )
+    parts = []
+    for route, r in transplant["routes"].items():
+        judged = r.get("judged_new") or {}
+        best = {w: max(v, default=0.0) for w, v in judged.items()}
+        parts.append(
+            f"{route}: {carried(r.get('span', []), transplant['rows'], 'the span')}, "
+            f"{carried(r.get('end', []), transplant['rows'], 'the last prompt token')}"
+            + (f"; judged decodes: at best (over rows) {num(best.get('span'))} (span) / {num(best.get('end'))} "
+               "(end) of the pairs answer with the transplanted entity" if judged else "")
+        )  # fmt: skip
+    out.append(
+        f"**Transplant, `{spec}`** (one direction's residual stream written into the other's run; normalised "
+        "toward the transplanted entity; `in 0` is the token's embedding itself; values near 0.5 can also mean a "
+        "broken run, docs/patching.md): " + "; ".join(parts) + "."
+    )
+    out.append(
+        f"**Probes, `{spec}`** ({sizes['attribute']} at the {sizes['position']} token, {sizes['probe_realms']} "
+        f"realms, folds grouped by realm; chance {num(probe['chance'])}, majority {num(probe['majority'])}): "
+        f"within und {_span(probe['acc_und'])}, within gen {_span(probe['acc_gen'])} across layers; trained on und "
+        f"and tested on gen {_span(probe['und_to_gen'])}, gen→und {_span(probe['gen_to_und'])}."
+    )
+    erased = [e for e in probe["erase"] if e]
+    if erased:
+        drop = {k: _span([e[k] for e in erased]) for k in ("drop_und", "drop_gen")}
+        random = _at_most([e[k] for e in erased for k in ("random_drop_und", "random_drop_gen")])
+        out.append(
+            f"**Erasure, `{spec}`** (LEACE of the probed subspace at every position, per layer; judged world "
+            f"knowledge without it und {num(probe['baseline']['und'])}, gen {num(probe['baseline']['gen'])}): "
+            f"accuracy drops und {drop['drop_und']}, gen {drop['drop_gen']}; a random subspace of the same rank "
+            f"drops at most {random}."
+        )
+    return out
+
+
+def finding(spec: str, grid: dict, probe: dict) -> str:
+    """One line for the report's findings: where each direction carries the answer, and probe transfer."""
+    where = [
+        carried(grid["profile"][d]["end"], grid["rows"], f"{d} at the last prompt token")
+        for d in ("und", "gen")
+        if grid["profile"].get(d)
+    ]
+    return (
+        f"Mechanism, `{spec}`: "
+        + "; ".join(where)
+        + f". Probes ({probe['layers'][0]}–{probe['layers'][-1]}) read "
+        f"the emblem's attribute within und {_span(probe['acc_und'])}, within gen {_span(probe['acc_gen'])}, "
+        f"across und→gen {_span(probe['und_to_gen'])} (chance {num(probe['chance'])})."
+    )
+
+
+def mechanism_section(ctx: Context) -> Section:
+    from gapeval.models.base import Intervenable
+    from interventions.pairs import synth_pairs
+
+    sizes, seed = ctx.config.sizes["mechanism"], ctx.config.seed
+    folder = ctx.folder("mechanism")
+    section = Section("mechanism", "Mechanism: patching, transplant, probes, erasure")
+    records = []
+    for spec in ctx.config.models:
+        model = ctx.model(spec)
+        if not isinstance(model, Intervenable):
+            section.skipped.append(f"`{spec}`: the adapter does not expose the intervention contract")
+            continue
+        base = folder / slug(spec)
+        pairs = synth_pairs(model, sizes["pairs"], seed=seed)
+        grid = unit(base / "grid.json", grid_numbers, model, pairs, base / "grid")
+        transplant = unit(
+            base / "transplant.json", transplant_numbers, model, pairs, base / "transplant", seed
+        )
+        probe = unit(base / "probe.json", probe_numbers, model, base / "probe", sizes, seed)
+        records.append({"model": spec, "grid": grid, "transplant": transplant, "probe": probe})
+        section.paragraphs += paragraphs(spec, grid, transplant, probe, sizes)
+        section.findings.append(finding(spec, grid, probe))
+        for d in ("und", "gen"):
+            if (base / "grid" / f"grid_{d}_resid.png").exists():
+                section.figure(
+                    f"`{spec}`: patching the residual stream, {d}",
+                    base / "grid" / f"grid_{d}_resid.png",
+                    ctx.out,
+                )
+        for route in ("und_to_gen", "gen_to_und"):
+            if (base / "transplant" / f"transplant_{route}.png").exists():
+                section.figure(
+                    f"`{spec}`: transplant {route.replace('_to_', '→')}",
+                    base / "transplant" / f"transplant_{route}.png",
+                    ctx.out,
+                )
+        section.figure(f"`{spec}`: probes and erasure", base / "probe" / "probe.png", ctx.out)
+        section.commands += [
+            f"gapeval patch --model {spec} --pairs {sizes['pairs']} --mode {mode} --seed {seed} --out {base / mode}"
+            for mode in ("grid", "transplant")
+        ] + [
+            f"gapeval probe --model {spec} --attribute {sizes['attribute']} --position {sizes['position']} "
+            f"--limit {sizes['probe_realms']} --seed {seed} --out {base / 'probe'}"
+        ]  # fmt: skip
+    write_jsonl(folder / "mechanism.jsonl", records)
+    section.records.append("mechanism/mechanism.jsonl")
+    return section

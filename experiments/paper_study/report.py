@@ -1,0 +1,60 @@
+"""``OUT/report.md``: the findings first, then every section's tables, figures, paragraphs, the commands behind
+its numbers and links to its records. Written from the sections' ``done.json`` alone, so it can be rebuilt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.paper_study.config import StudyConfig
+from experiments.paper_study.records import Section
+
+REPORT = "report.md"
+
+
+def _section(number: int, section: Section) -> list[str]:
+    lines = [f"## {number}. {section.title}", ""]
+    for note in section.skipped:
+        lines += [f"> Not run here: {note}", ""]
+    for table in section.tables:
+        lines += [f"**{table['caption']}**", "", table["markdown"], ""]
+    for figure in section.figures:
+        lines += [f"![{figure['caption']}]({figure['path']})", "", f"*{figure['caption']}*", ""]
+    lines += [*(p + "\n" for p in section.paragraphs)]
+    if section.records:
+        lines += ["Records: " + ", ".join(f"[`{r}`]({r})" for r in section.records), ""]
+    if section.commands:
+        lines += ["Each number above, on its own:", "", "```bash", *section.commands, "```", ""]
+    lines += [f"*Section time: {section.seconds:.0f} s.*", ""]
+    return lines
+
+
+def write_report(
+    out: Path, config: StudyConfig, command: str, sections: Sequence[Section], runtime: dict[str, Any]
+) -> Path:
+    load = "/".join(f"{x:.1f}" for x in runtime["load_before"])
+    lines = [
+        "# GapEval paper study",
+        "",
+        f"Every number below comes from `{command}` (profile `{config.profile}`, seed {config.seed}, "
+        f"models {', '.join(f'`{m}`' for m in config.models)}, {config.threads} torch thread(s)); the resolved "
+        "configuration is in [`study.json`](study.json). Greedy decoding and seeded resampling: the same command "
+        "and seed give the same numbers.",
+        "",
+        f"Runtime of this invocation: {runtime['seconds']:.0f} s on {runtime['cpus']} CPUs (load average "
+        f"{load} at the start; 1/5/15 min). Sections finished by an earlier invocation were read back, not rerun; "
+        "per section, the time of the invocation that finished it: "
+        + ", ".join(f"{s.name} {s.seconds:.0f} s" for s in sections)
+        + f" (sum {sum(s.seconds for s in sections):.0f} s).",
+        "",
+        "## Findings",
+        "",
+    ]
+    lines += [f"- {finding}" for section in sections for finding in section.findings] or ["- (none)"]
+    lines.append("")
+    for number, section in enumerate(sections, start=1):
+        lines += _section(number, section)
+    path = out / REPORT
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,106 @@
+"""The paper's study in one call: each section in turn (skipped when a previous run finished it), then the
+report. ``gapeval study`` is a thin shell over :func:`run_study`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.paper_study.config import SECTIONS, StudyConfig
+from experiments.paper_study.records import Section, complete, finished, write_json
+
+
+@dataclass
+class Context:
+    """What every section needs: the configuration, the output folder, the suite, and loaded models (each
+    loaded once per study; editors restore a model's weights on exit, so sections can share it)."""
+
+    config: StudyConfig
+    out: Path
+    command: str
+    items: list = field(default_factory=list)
+    suite_id: str = ""
+    _models: dict[str, Any] = field(default_factory=dict)
+
+    def model(self, spec: str) -> Any:
+        from gapeval.models.registry import load_model
+
+        if spec not in self._models:
+            self._models[spec] = load_model(spec, self.items)
+        return self._models[spec]
+
+    def section_command(self, section: str) -> str:
+        """The command that runs ``section`` alone with this study's settings (into this output folder)."""
+        models = " ".join(shlex.quote(m) for m in self.config.models)
+        quick = " --quick" if self.config.profile == "quick" else ""
+        return (
+            f"gapeval study{quick} --models {models} --seed {self.config.seed} --sections {section} "
+            f"--out {shlex.quote(str(self.out))}"
+        )
+
+    def folder(self, section: str) -> Path:
+        path = self.out / section
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def section_function(name: str) -> Callable[[Context], Section]:
+    """The function of section ``name``: ``NAME_section`` in this package's module of the same purpose
+    (imported only when the section runs)."""
+    module = {"edit": "editing"}.get(name, name)
+    return getattr(importlib.import_module(f"experiments.paper_study.{module}"), f"{name}_section")
+
+
+def run_study(
+    config: StudyConfig,
+    out: str | Path,
+    *,
+    sections: Sequence[str] = SECTIONS,
+    argv: Sequence[str] | None = None,
+) -> Path:
+    """Run (or resume) the study into ``out``; return the path of ``report.md``.
+
+    ``argv`` is the command line recorded as the origin of every number (default: this process's)."""
+    import torch
+    from tqdm import tqdm
+
+    from experiments.paper_study.report import write_report
+    from gapeval.suites import get_suite
+
+    if unknown := set(sections) - set(SECTIONS):
+        raise ValueError(f"unknown sections {sorted(unknown)}; expected some of {SECTIONS}")
+    torch.set_num_threads(config.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    suite = get_suite(config.suite)
+    command = shlex.join(["gapeval", *(sys.argv[1:] if argv is None else argv)])
+    ctx = Context(config, out, command, suite.items, suite.id)
+    write_json(out / "study.json", {"command": command, "config": config.to_json()})
+    start, load = time.perf_counter(), os.getloadavg()
+    done: list[Section] = []
+    for name in (bar := tqdm([s for s in SECTIONS if s in sections], desc="study", unit="section")):
+        bar.set_postfix_str(name)
+        section = finished(out / name)
+        if section is None:
+            began = time.perf_counter()
+            section = section_function(name)(ctx)
+            section.seconds = round(time.perf_counter() - began, 1)
+            complete(out / name, section)
+        else:
+            tqdm.write(f"{name}: finished by a previous run ({out / name / 'done.json'}); skipped")
+        done.append(section)
+    runtime = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "load_before": [round(x, 2) for x in load],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
+    return write_report(out, config, command, done, runtime)
