@@ -341,6 +341,17 @@ def _patch_command() -> Command:
 register(_patch_command())
 
 
+def _study_command() -> Command:
+    from experiments.study_command import add_arguments, handler
+
+    return Command(
+        "study", "the paper's study in one command: tables, figures, report", add_arguments, handler
+    )
+
+
+register(_study_command())
+
+
 # --- entry point -----------------------------------------------------------------------------------------
 
 
