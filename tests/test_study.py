@@ -86,7 +86,7 @@ def _tiny_config(**sizes):
     return config
 
 
-def test_gap_table_is_recomputed_from_its_records_and_a_finished_section_is_skipped(tmp_path, monkeypatch):
+def test_gap_table_is_recomputed_from_its_records_reproduced_and_skipped_once_finished(tmp_path, monkeypatch):
     from gapeval.rundir import load_records
     from gapeval.summary import summarize
 
@@ -103,6 +103,8 @@ def test_gap_table_is_recomputed_from_its_records_and_a_finished_section_is_skip
             {k: r[k] for k in gap.FIELDS} for r in written
         ]
     assert "published, not run here" in text and "Calibration:" in text
+    run_study(config, tmp_path / "again", sections=["gap"], argv=[])  # same seed, fresh folder: same numbers
+    assert read_jsonl(tmp_path / "again" / "gap" / "gap.jsonl") == rows
 
     def fail(ctx):
         raise AssertionError("a finished section must not run again")
@@ -112,6 +114,9 @@ def test_gap_table_is_recomputed_from_its_records_and_a_finished_section_is_skip
     again = run_study(config, tmp_path, sections=["gap"], argv=["study", "--sections", "gap"])
     assert (tmp_path / "gap" / "done.json").read_text() == done
     assert gap.gap_table(rows) in again.read_text()
+    config.seed = 1
+    with pytest.raises(ValueError, match="another configuration"):
+        run_study(config, tmp_path, sections=["gap"], argv=[])
 
 
 def test_emergence_reads_a_log_and_skips_models_without_one(tmp_path):

@@ -5,6 +5,7 @@ report. ``gapeval study`` is a thin shell over :func:`run_study`.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shlex
 import sys
@@ -59,6 +60,16 @@ def section_function(name: str) -> Callable[[Context], Section]:
     return getattr(importlib.import_module(f"experiments.paper_study.{module}"), f"{name}_section")
 
 
+def check_same_study(path: Path, config: StudyConfig) -> None:
+    """Refuse a folder that holds a study of another configuration: its finished sections would be reported
+    as this one's."""
+    if path.exists() and json.loads(path.read_text(encoding="utf-8"))["config"] != config.to_json():
+        raise ValueError(
+            f"{path.parent} holds a study with another configuration (models, seed, sizes or config file; see "
+            f"{path}); use another --out"
+        )
+
+
 def run_study(
     config: StudyConfig,
     out: str | Path,
@@ -83,6 +94,7 @@ def run_study(
     suite = get_suite(config.suite)
     command = shlex.join(["gapeval", *(sys.argv[1:] if argv is None else argv)])
     ctx = Context(config, out, command, suite.items, suite.id)
+    check_same_study(out / "study.json", config)
     write_json(out / "study.json", {"command": command, "config": config.to_json()})
     start, load = time.perf_counter(), os.getloadavg()
     done: list[Section] = []
