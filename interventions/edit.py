@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,18 +104,31 @@ def _answer(item: Item, direction: str) -> Any:
 
 
 def _done_units(path: Path) -> set[tuple[str, str]]:
-    """(condition, unit) pairs already committed; a torn last line is dropped first."""
+    """(condition, unit) pairs already committed. A unit is committed when all its lines are there (its last
+    line says how many it has); lines of a unit cut short by a kill, and a torn last line, are dropped."""
     drop_torn_tail(path)
     if not path.exists():
         return set()
-    units = set()
+    lines: dict[tuple[str, str], list[str]] = {}
+    sizes: dict[tuple[str, str], int] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{number}: not a JSON line ({err.msg})") from None
-        units.add((record["condition"], record["unit"]))
-    return units
+        key = (record["condition"], record["unit"])
+        lines.setdefault(key, []).append(line)
+        if "unit_size" in record:
+            sizes[key] = record["unit_size"]
+    done = {key for key, kept in lines.items() if sizes.get(key) == len(kept)}
+    if len(done) < len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for key in lines if key in done for line in lines[key]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return done
 
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:
@@ -181,7 +195,9 @@ def run_edit(
                     (out / "edits").mkdir(exist_ok=True)
                     edit.save(out / "edits" / f"{condition}-{unit}{edit.suffix}")
             append_records(out / TRAINING, [{"condition": condition, "unit": unit, **edit.stats}])
-        append_records(out / RECORDS, [{**r, "unit": unit} for r in records])
+        records = [{**r, "unit": unit} for r in records]
+        records[-1]["unit_size"] = len(records)
+        append_records(out / RECORDS, records)
     summary = summarize_edits(read_records(out), conditions)
     write_json_atomic(out / SUMMARY, summary)
     return summary

@@ -194,11 +194,13 @@ def test_run_edit_resumes_and_refuses_another_experiment(toy, pool, tmp_path):
     assert len(records) == 2 * per_unit
     assert summary["und"]["und"]["target"]["mean"] > summary["baseline"]["und"]["target"]["mean"]
     assert (out / "edits" / "und-all" / "adapter_model.safetensors").exists()
-    # A kill during the second unit: its lines never committed, plus a torn line.
+    # A kill while the second unit was being written: some of its lines, then a torn one.
     lines = (out / RECORDS).read_text().splitlines(keepends=True)
-    (out / RECORDS).write_text("".join(lines[:per_unit]) + lines[per_unit][:20])
+    (out / RECORDS).write_text("".join(lines[: per_unit + 5]) + lines[per_unit + 5][:20])
     run_edit(toy, specs, editor, local, out, conditions=("baseline", "und"))
-    assert read_records(out) == records
+    assert read_records(out) == records and len(records) == len(
+        {(r["condition"], r["item"], r["direction"]) for r in records}
+    )
     with pytest.raises(RunMismatchError):
         run_edit(toy, specs, LoraEditor(max_steps=31), local, out, conditions=("baseline", "und"))
 
