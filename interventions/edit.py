@@ -3,9 +3,10 @@
 Conditions: ``baseline`` (no edit), ``und`` / ``gen`` / ``both`` (Train-on-Und / -Gen / -Both). Each condition
 edits the model (batch mode: all specs in one edit; single mode: one edit per spec, each judged with its own
 edit), asks the target, generality and locality items in both directions, and appends one record per (edit,
-item, direction) to ``records.jsonl``. One append per unit (a condition in batch mode, a condition × spec in
-single mode) is the commit point, as in ``gapeval run``: a killed experiment resumes with the units that have
-no lines, and a directory made with another model, spec set or editor is refused.
+item, direction) to ``records.jsonl``. A unit (a condition in batch mode, a condition × spec in single mode)
+is committed when all its lines are there (its last line carries ``unit_size``), as in ``gapeval run``: a
+killed experiment drops a unit cut short and resumes with the units not committed; a directory made with
+another model, spec set or editor is refused.
 """
 
 from __future__ import annotations
