@@ -142,6 +142,12 @@ def test_hidden_path_feeds_the_heads(intervenable, items):
         layer_outputs(intervenable, inputs)[0].shape[1],
     )
     torch.testing.assert_close(direct.sum(-1), intervenable.logprob(reqs, ["the red circle"] * 3, "und"))
+    with torch.no_grad():
+        dist = intervenable.answer_distributions(inputs, hidden)
+    assert dist.shape[:2] == inputs.answer_mask.shape
+    torch.testing.assert_close(dist.logsumexp(-1), torch.zeros(dist.shape[:2]), atol=1e-4, rtol=0)
+    picked = dist.gather(-1, inputs.targets[..., None])[..., 0]
+    torch.testing.assert_close(direct[inputs.answer_mask], picked[inputs.answer_mask])
 
 
 @pytest.mark.parametrize("direction", ["und", "gen"])

@@ -140,9 +140,13 @@ class Intervenable(UMM, Protocol):
         """One teacher-forced forward pass (answers: text for und; PIL images or token ids for gen)."""
         ...
 
+    def answer_distributions(self, inputs: ForwardPass, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, A, V) log-probabilities over the direction's vocabulary at each answer slot, from ``hidden``, the
+        output of :attr:`hidden_path` (B, T, d) on ``inputs`` (e.g. for a KL term that keeps a model's answers)."""
+        ...
+
     def answer_logprobs(self, inputs: ForwardPass, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, A) log-probability of each answer token from ``hidden``, the output of :attr:`hidden_path`
-        (B, T, d) on ``inputs``; 0 where ``answer_mask`` is False."""
+        """(B, A) log-probability of each answer token (``targets``); 0 where ``answer_mask`` is False."""
         ...
 
     def logprob(self, requests: Sequence[Request], answers: Sequence[Any], direction: str) -> torch.Tensor:
@@ -182,13 +186,21 @@ def final_hidden(model: Intervenable, inputs: ForwardPass) -> torch.Tensor:
 
 
 class TeacherForcing:
-    """``logprob`` and ``token_logprobs`` for an adapter that has ``forward_inputs`` and ``answer_logprobs``.
+    """``answer_logprobs``, ``logprob`` and ``token_logprobs`` for an adapter that has ``forward_inputs`` and
+    ``answer_distributions``.
 
     One implementation, so every adapter's log-probabilities mean the same thing. Requests run in chunks of
     the adapter's ``batch_size``.
     """
 
     batch_size: int
+
+    def answer_logprobs(self, inputs: ForwardPass, hidden: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        dist = self.answer_distributions(inputs, hidden)  # type: ignore[attr-defined]
+        picked = dist.gather(-1, inputs.targets.to(dist.device)[..., None])[..., 0]
+        return torch.where(inputs.answer_mask.to(dist.device), picked, torch.zeros_like(picked))
 
     def token_logprobs(
         self, requests: Sequence[Request], answers: Sequence[Any], direction: str
@@ -203,7 +215,7 @@ class TeacherForcing:
             stop = start + max(1, int(self.batch_size))
             inputs = self.forward_inputs(requests[start:stop], direction, answers[start:stop])  # type: ignore[attr-defined]
             hidden = final_hidden(self, inputs)  # type: ignore[arg-type]
-            values.append(self.answer_logprobs(inputs, hidden))  # type: ignore[attr-defined]
+            values.append(self.answer_logprobs(inputs, hidden))
             masks.append(inputs.answer_mask)
         if not values:
             return torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.bool)

@@ -249,14 +249,12 @@ class JanusAdapter(TeacherForcing):
             kwargs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": _positions(mask)}
         return _answer_layout(direction, kwargs, mask, targets, spans)
 
-    def answer_logprobs(self, inputs: ForwardPass, hidden: Any) -> Any:
+    def answer_distributions(self, inputs: ForwardPass, hidden: Any) -> Any:
         torch = self._torch
         rows = torch.arange(len(inputs), device=hidden.device)[:, None]
         head = self._model.lm_head if inputs.direction == "und" else self._model.model.generation_head
         logits = head(hidden[rows, inputs.answer_positions.to(hidden.device)]).float()
-        targets = inputs.targets.to(hidden.device)
-        picked = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
-        return torch.where(inputs.answer_mask.to(hidden.device), picked, torch.zeros_like(picked))
+        return torch.log_softmax(logits, dim=-1)
 
     def span_positions(self, request: Request, span: str, direction: str) -> list[int]:
         """Positions of the first ``span`` in the prompt, indexing this request's unpadded model input.

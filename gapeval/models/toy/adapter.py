@@ -278,7 +278,7 @@ class ToyAdapter(TeacherForcing):
         prompt_end = torch.where(has_answer, (target != IGNORE).long().argmax(1), width - 1)
         return ForwardPass(direction, (batch,), {}, offsets, prompt_end, positions, targets, mask)
 
-    def answer_logprobs(self, inputs: ForwardPass, hidden: torch.Tensor) -> torch.Tensor:
+    def answer_distributions(self, inputs: ForwardPass, hidden: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(len(inputs))[:, None]
         h = hidden[rows, inputs.answer_positions]
         if inputs.direction == "und":
@@ -286,8 +286,7 @@ class ToyAdapter(TeacherForcing):
             logits = self.model.text_logits(h, memory) + self._text_bias
         else:
             logits = self.model.image_logits(h)
-        picked = torch.log_softmax(logits, -1).gather(-1, inputs.targets[..., None])[..., 0]
-        return torch.where(inputs.answer_mask, picked, torch.zeros_like(picked))
+        return torch.log_softmax(logits, -1)
 
     def prompt_rows(self, rows: int, direction: str) -> slice:
         check_direction(direction)
