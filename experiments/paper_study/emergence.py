@@ -135,10 +135,10 @@ def emergence_section(ctx: Context) -> Section:
     section = Section("emergence", "Emergence over training")
     runs: dict[Path, TrainingRun] = {}
     for spec in ctx.config.models:
-        found = training_runs(spec, sizes["training_seeds"])
+        _, found = training_runs(spec, sizes["training_seeds"])
         if not found:
             section.skipped.append(
-                f"`{spec}`: not a model trained by `gapeval train-toy`, so no training run to read"
+                f"`{spec}`: no training run behind this spec (emergence logs come from `gapeval train-toy` runs)"
             )
         for run in found:
             if not run.log.exists():

@@ -57,13 +57,15 @@ def expected_gap(row: Sequence[float], sizes: Sequence[int], seed: int, draws: i
     cannot fall below it), so a measured value is checked against what suites of its size give."""
     import numpy as np
 
-    from gapeval.score import gap_score_reference, gap_scores_reference_batched
+    from gapeval.score import gap_scores_reference_batched
 
     rng = np.random.default_rng(seed)
     suites = {f"draw{k}": [(rng.multinomial(n, row) / n).tolist() for n in sizes] for k in range(draws)}
-    simulated = np.array([r.gap_mean for r in gap_scores_reference_batched(suites).values()])
+    # One batched fit for the population and the draws (bit-identical to fitting each alone).
+    fits = gap_scores_reference_batched({"population": [list(row)] * len(sizes), **suites})
+    simulated = np.array([fits[name].gap_mean for name in suites])
     return {
-        "population": gap_score_reference([list(row)] * len(sizes)).gap_mean,
+        "population": fits["population"].gap_mean,
         "simulated_mean": float(simulated.mean()),
         "simulated_range": np.percentile(simulated, [2.5, 97.5]).tolist(),
     }
@@ -119,13 +121,17 @@ def accuracy_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _models(ctx: Context) -> list[tuple[str, str]]:
-    """(spec, source) of every model run here: the study's models, then other training seeds when asked."""
+    """(spec, source) of every model run here: the study's models, then the other training seeds of their
+    families when the profile asks for them."""
     specs = [(spec, "run here") for spec in ctx.config.models]
     if ctx.config.sizes["gap"].get("other_seeds"):
         seeds = ctx.config.sizes["emergence"]["training_seeds"]
-        for spec in ctx.config.models:
-            for run in training_runs(spec, seeds):
-                if run.spec not in [s for s, _ in specs] and run.spec != spec:
+        found = [training_runs(spec, seeds) for spec in ctx.config.models]
+        own = {run.folder for run, _ in found if run is not None}
+        for _, family in found:
+            for run in family:
+                if run.folder not in own:
+                    own.add(run.folder)
                     specs.append((run.spec, "run here (another training seed)"))
     return specs
 

@@ -34,11 +34,15 @@ def _at_most(values: Sequence[float | None]) -> str:
 
 
 def carried(values: Sequence[float | None], labels: Sequence[str], what: str) -> str:
-    """'<what> carries it entering in 1 (0.57), …' or '<what> carries it nowhere (|mean| ≤ 0.04)'."""
+    """'<what> carries it entering layer 1 (0.57), …' or '<what> carries it nowhere (|mean| ≤ 0.04)'."""
     hits = _rows_at_or_above(values, labels)
-    return (
-        f"{what} carries it at {hits}" if hits else f"{what} carries it nowhere (|mean| ≤ {_at_most(values)})"
-    )
+    return f"{what} carries it {hits}" if hits else f"{what} carries it nowhere (|mean| ≤ {_at_most(values)})"
+
+
+def readable(row: str) -> str:
+    """``in 1`` → ``entering layer 1``, ``out 3`` → ``leaving layer 3`` (the library's residual row labels)."""
+    where, _, layer = row.partition(" ")
+    return {"in": "entering layer", "out": "leaving layer"}.get(where, where) + f" {layer}"
 
 
 def grid_numbers(model: Any, pairs: Sequence[Any], out: Any) -> dict[str, Any]:
@@ -49,7 +53,7 @@ def grid_numbers(model: Any, pairs: Sequence[Any], out: Any) -> dict[str, Any]:
     directions = summary["directions"]
     rows = next(len(d["resid_profile"]["end"]) for d in directions.values() if d.get("resid_profile"))
     return {
-        "rows": row_labels("resid", rows),
+        "rows": [readable(r) for r in row_labels("resid", rows)],
         "pairs": {d: len(v["pairs"]) for d, v in directions.items()},
         "profile": {d: v.get("resid_profile") for d, v in directions.items()},
     }
@@ -66,7 +70,7 @@ def transplant_numbers(model: Any, pairs: Sequence[Any], out: Any, seed: int) ->
             **{where: [float(v) for v in r[where]["mean"]] for where in ("span", "end") if where in r},
             "judged_new": {w: r["judged"][w]["new"] for w in ("span", "end")} if "judged" in r else None,
         }
-    return {"rows": summary["layers"], "routes": routes}
+    return {"rows": [readable(r) for r in summary["layers"]], "routes": routes}
 
 
 def probe_numbers(model: Any, out: Any, sizes: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -88,9 +92,13 @@ def probe_numbers(model: Any, out: Any, sizes: dict[str, Any], seed: int) -> dic
     }
 
 
-def _span(values: Sequence[float | None]) -> str:
-    finite = [v for v in values if v is not None]
-    return f"{min(finite):.2f}–{max(finite):.2f}" if finite else "–"
+def peak(values: Sequence[float | None], layers: Sequence[str]) -> str:
+    """'up to 0.96 (layer 3)': the largest value over layers and where it is."""
+    finite = [(v, layer) for v, layer in zip(values, layers, strict=True) if v is not None]
+    if not finite:
+        return "–"
+    value, layer = max(finite, key=lambda pair: pair[0])
+    return f"up to {value:.2f} (layer {layer})"
 
 
 def paragraphs(spec: str, grid: dict, transplant: dict, probe: dict, sizes: dict) -> list[str]:
@@ -108,7 +116,7 @@ def paragraphs(spec: str, grid: dict, transplant: dict, probe: dict, sizes: dict
         )
     out.append(
         f"**Patching, `{spec}`** (pairs kept: {', '.join(f'{d} {n}' for d, n in grid['pairs'].items())}; residual stream, normalised effect, "
-        f"carrying = ≥ {CARRIED}, rows `in k` enter layer k): " + ". ".join(parts) + "."
+        f"carrying = ≥ {CARRIED}; entering layer 0 = the embeddings): " + ". ".join(parts) + "."
     )
     parts = []
     for route, r in transplant["routes"].items():
@@ -122,24 +130,26 @@ def paragraphs(spec: str, grid: dict, transplant: dict, probe: dict, sizes: dict
         )  # fmt: skip
     out.append(
         f"**Transplant, `{spec}`** (one direction's residual stream written into the other's run; normalised "
-        "toward the transplanted entity; `in 0` is the token's embedding itself; values near 0.5 can also mean a "
+        "toward the transplanted entity; entering layer 0 = the token's embedding itself; values near 0.5 can also mean a "
         "broken run, docs/patching.md): " + "; ".join(parts) + "."
     )
+    layers = probe["layers"]
     out.append(
         f"**Probes, `{spec}`** ({sizes['attribute']} at the {sizes['position']} token, {sizes['probe_realms']} "
         f"realms, folds grouped by realm; chance {num(probe['chance'])}, majority {num(probe['majority'])}): "
-        f"within und {_span(probe['acc_und'])}, within gen {_span(probe['acc_gen'])} across layers; trained on und "
-        f"and tested on gen {_span(probe['und_to_gen'])}, gen→und {_span(probe['gen_to_und'])}."
+        f"within und {peak(probe['acc_und'], layers)}, within gen {peak(probe['acc_gen'], layers)}; trained on "
+        f"und and tested on gen {peak(probe['und_to_gen'], layers)}, gen→und {peak(probe['gen_to_und'], layers)}."
     )
-    erased = [e for e in probe["erase"] if e]
+    erased = [(layer, e) for layer, e in zip(layers, probe["erase"], strict=True) if e]
     if erased:
-        drop = {k: _span([e[k] for e in erased]) for k in ("drop_und", "drop_gen")}
-        random = _at_most([e[k] for e in erased for k in ("random_drop_und", "random_drop_gen")])
+        names = [layer for layer, _ in erased]
+        random = _at_most([e[k] for _, e in erased for k in ("random_drop_und", "random_drop_gen")])
         out.append(
-            f"**Erasure, `{spec}`** (LEACE of the probed subspace at every position, per layer; judged world "
-            f"knowledge without it und {num(probe['baseline']['und'])}, gen {num(probe['baseline']['gen'])}): "
-            f"accuracy drops und {drop['drop_und']}, gen {drop['drop_gen']}; a random subspace of the same rank "
-            f"drops at most {random}."
+            f"**Erasure, `{spec}`** (LEACE of the probed subspace at every position, one layer at a time; judged "
+            f"world knowledge without it und {num(probe['baseline']['und'])}, gen {num(probe['baseline']['gen'])}): "
+            f"accuracy drops und {peak([e['drop_und'] for _, e in erased], names)}, gen "
+            f"{peak([e['drop_gen'] for _, e in erased], names)}; a random subspace of the same rank drops at most "
+            f"{random}."
         )
     return out
 
@@ -154,9 +164,9 @@ def finding(spec: str, grid: dict, probe: dict) -> str:
     return (
         f"Mechanism, `{spec}`: "
         + "; ".join(where)
-        + f". Probes ({probe['layers'][0]}–{probe['layers'][-1]}) read "
-        f"the emblem's attribute within und {_span(probe['acc_und'])}, within gen {_span(probe['acc_gen'])}, "
-        f"across und→gen {_span(probe['und_to_gen'])} (chance {num(probe['chance'])})."
+        + ". A linear probe reads the probed attribute within und "
+        f"{peak(probe['acc_und'], probe['layers'])}, within gen {peak(probe['acc_gen'], probe['layers'])}, and "
+        f"und→gen {peak(probe['und_to_gen'], probe['layers'])} (chance {num(probe['chance'])})."
     )
 
 

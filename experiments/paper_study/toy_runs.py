@@ -31,29 +31,32 @@ class TrainingRun:
         }
 
 
-def training_runs(spec: str, seeds: Sequence[int]) -> list[TrainingRun]:
-    """The shipped runs of a ``toy[:VARIANT]`` spec at each training seed that ships (``VARIANT@seedN``), or
-    the run of a ``toy:FOLDER`` checkpoint (its parent folder, or the folder itself if it holds
-    ``emergence.jsonl``). Other specs (and ``VARIANT@STEP``, one point of a run): none."""
+def _shipped(variant: str, seed: int) -> TrainingRun | None:
     from gapeval.models.toy.adapter import shipped_checkpoint
     from gapeval.models.toy.checkpoint import CheckpointError
 
+    try:
+        folder = shipped_checkpoint(variant, seed=seed).parent
+    except CheckpointError:
+        return None
+    return TrainingRun(f"{variant} seed {seed}", f"toy:{variant}" + (f"@seed{seed}" if seed else ""), folder)
+
+
+def training_runs(spec: str, seeds: Sequence[int]) -> tuple[TrainingRun | None, list[TrainingRun]]:
+    """(the run ``spec`` itself comes from, the runs of its family at each of ``seeds`` that exist).
+
+    ``toy[:VARIANT][@seedN]``: the shipped runs of the variant (``VARIANT@seedN`` folders). ``toy:FOLDER``: the
+    run of that checkpoint (its parent folder, or the folder itself if it holds ``emergence.jsonl``), alone.
+    Other specs (and ``VARIANT@STEP``, one point of a run): none."""
     kind, _, rest = spec.partition(":")
     if kind != "toy":
-        return []
+        return None, []
     if rest and Path(rest).is_dir():
         folder = Path(rest) if (Path(rest) / EMERGENCE).exists() else Path(rest).parent
-        return [TrainingRun(str(folder), spec, folder)]
+        run = TrainingRun(str(folder), spec, folder)
+        return run, [run]
     variant, _, at = (rest or "shared").partition("@")
     if at and not at.startswith("seed"):
-        return []
-    runs = []
-    for seed in seeds:
-        try:
-            folder = shipped_checkpoint(variant, seed=seed).parent
-        except CheckpointError:
-            continue
-        runs.append(
-            TrainingRun(f"{variant} seed {seed}", f"toy:{variant}" + (f"@seed{seed}" if seed else ""), folder)
-        )
-    return runs
+        return None, []
+    family = [run for seed in seeds if (run := _shipped(variant, seed)) is not None]
+    return _shipped(variant, int(at.removeprefix("seed") or 0)), family
