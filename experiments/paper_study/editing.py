@@ -74,7 +74,7 @@ def propagation_summary(results: Sequence[tuple[str, str, str, dict[str, Any]]])
     above = sum(p["above_baseline"] for p in cases)
     shifted = sum(p["logprob_shift"]["ci"] is not None and p["logprob_shift"]["ci"][0] > 0 for p in cases)
     return (
-        f"Propagation across directions: in {above} of {len(cases)} edits (model × kind × editor × trained "
+        f"Propagation across directions: in {above} of {len(cases)} cases (model × kind × editor × trained "
         f"direction) the untrained direction's target accuracy rose above its baseline (95 % CI lower bound); its "
         f"log P(new) − log P(old) rose (CI above 0) in {shifted} of {len(cases)}."
     )

@@ -48,12 +48,12 @@ def readable(row: str) -> str:
 def grid_numbers(model: Any, pairs: Sequence[Any], out: Any) -> dict[str, Any]:
     from interventions.patch_report import row_labels
     from interventions.patch_study import grid_study
+    from interventions.patching import grid_rows
 
     summary, _ = grid_study(model, pairs, out)
     directions = summary["directions"]
-    rows = next(len(d["resid_profile"]["end"]) for d in directions.values() if d.get("resid_profile"))
     return {
-        "rows": [readable(r) for r in row_labels("resid", rows)],
+        "rows": [readable(r) for r in row_labels("resid", grid_rows(model, "resid"))],
         "pairs": {d: len(v["pairs"]) for d, v in directions.items()},
         "profile": {d: v.get("resid_profile") for d, v in directions.items()},
     }
@@ -122,16 +122,21 @@ def paragraphs(spec: str, grid: dict, transplant: dict, probe: dict, sizes: dict
     for route, r in transplant["routes"].items():
         judged = r.get("judged_new") or {}
         best = {w: max(v, default=0.0) for w, v in judged.items()}
+        metric = (
+            f"{carried(r['span'], transplant['rows'], 'the span')}, "
+            f"{carried(r['end'], transplant['rows'], 'the last prompt token')}"
+            if r["pairs"]
+            else "no pair kept for the normalised metric"
+        )
         parts.append(
-            f"{route}: {carried(r.get('span', []), transplant['rows'], 'the span')}, "
-            f"{carried(r.get('end', []), transplant['rows'], 'the last prompt token')}"
+            f"{route}: {metric}"
             + (f"; judged decodes: at best (over rows) {num(best.get('span'))} (span) / {num(best.get('end'))} "
                "(end) of the pairs answer with the transplanted entity" if judged else "")
         )  # fmt: skip
     out.append(
         f"**Transplant, `{spec}`** (one direction's residual stream written into the other's run; normalised "
-        "toward the transplanted entity; entering layer 0 = the token's embedding itself; values near 0.5 can also mean a "
-        "broken run, docs/patching.md): " + "; ".join(parts) + "."
+        "toward the transplanted entity; entering layer 0 = the token's embedding itself; values near 0.5 can "
+        "also mean a broken run, docs/patching.md): " + "; ".join(parts) + "."
     )
     layers = probe["layers"]
     out.append(
@@ -163,7 +168,7 @@ def finding(spec: str, grid: dict, probe: dict) -> str:
     ]
     return (
         f"Mechanism, `{spec}`: "
-        + "; ".join(where)
+        + ("; ".join(where) or "no patching pair kept (|LD_clean − LD_corrupt| < the minimum gap)")
         + ". A linear probe reads the probed attribute within und "
         f"{peak(probe['acc_und'], probe['layers'])}, within gen {peak(probe['acc_gen'], probe['layers'])}, and "
         f"und→gen {peak(probe['und_to_gen'], probe['layers'])} (chance {num(probe['chance'])})."
