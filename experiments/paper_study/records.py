@@ -32,7 +32,8 @@ class Section:
     commands: list[str] = field(default_factory=list)  # standalone commands behind the numbers
     records: list[str] = field(default_factory=list)  # JSONL files underneath
     skipped: list[str] = field(default_factory=list)  # what could not run here, and why
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the invocation that ran it
+    command: str = ""  # that invocation's command line
 
     def table(self, caption: str, markdown: str) -> None:
         self.tables.append({"caption": caption, "markdown": markdown})

@@ -26,21 +26,27 @@ def _section(number: int, section: Section) -> list[str]:
         lines += ["Records: " + ", ".join(f"[`{r}`]({r})" for r in section.records), ""]
     if section.commands:
         lines += ["Each number above, on its own:", "", "```bash", *section.commands, "```", ""]
-    lines += [f"*Section time: {section.seconds:.0f} s.*", ""]
+    by = f"Run by `{section.command}` in" if section.command else "Section time:"
+    lines += [f"*{by} {section.seconds:.0f} s.*", ""]
     return lines
 
 
 def write_report(
-    out: Path, config: StudyConfig, command: str, sections: Sequence[Section], runtime: dict[str, Any]
+    out: Path,
+    config: StudyConfig,
+    commands: Sequence[str],
+    sections: Sequence[Section],
+    runtime: dict[str, Any],
 ) -> Path:
+    """``commands``: every invocation in this folder, the last one this; each section names the one that ran it."""
     load = "/".join(f"{x:.1f}" for x in runtime["load_before"])
     lines = [
         "# GapEval paper study",
         "",
-        f"Every number below comes from `{command}` (profile `{config.profile}`, seed {config.seed}, "
-        f"models {', '.join(f'`{m}`' for m in config.models)}, {config.threads} torch thread(s)); the resolved "
-        "configuration is in [`study.json`](study.json). Greedy decoding and seeded resampling: the same command "
-        "and seed give the same numbers.",
+        f"Profile `{config.profile}`, seed {config.seed}, models {', '.join(f'`{m}`' for m in config.models)}, "
+        f"{config.threads} torch thread(s); the resolved configuration and every command line that ran here are "
+        f"in [`study.json`](study.json) (this report: `{commands[-1]}`). Each section names the command that "
+        "produced it. Greedy decoding and seeded resampling: the same command and seed give the same numbers.",
         "",
         f"Runtime of this invocation: {runtime['seconds']:.0f} s on {runtime['cpus']} CPUs (load average "
         f"{load} at the start; 1/5/15 min). Sections finished by an earlier invocation were read back, not rerun; "

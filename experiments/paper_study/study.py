@@ -18,6 +18,8 @@ from typing import Any
 from experiments.paper_study.config import SECTIONS, StudyConfig
 from experiments.paper_study.records import Section, complete, finished, write_json
 
+STUDY = "study.json"  # the configuration and every command line that ran in this folder
+
 
 @dataclass
 class Context:
@@ -26,7 +28,6 @@ class Context:
 
     config: StudyConfig
     out: Path
-    command: str
     items: list = field(default_factory=list)
     suite_id: str = ""
     _models: dict[str, Any] = field(default_factory=dict)
@@ -60,14 +61,18 @@ def section_function(name: str) -> Callable[[Context], Section]:
     return getattr(importlib.import_module(f"experiments.paper_study.{module}"), f"{name}_section")
 
 
-def check_same_study(path: Path, config: StudyConfig) -> None:
-    """Refuse a folder that holds a study of another configuration: its finished sections would be reported
-    as this one's."""
-    if path.exists() and json.loads(path.read_text(encoding="utf-8"))["config"] != config.to_json():
+def check_same_study(path: Path, config: StudyConfig) -> list[str]:
+    """The earlier invocations of this study in ``path``'s folder. A folder that holds a study of another
+    configuration is refused: its finished sections would be reported as this one's."""
+    if not path.exists():
+        return []
+    study = json.loads(path.read_text(encoding="utf-8"))
+    if study["config"] != config.to_json():
         raise ValueError(
             f"{path.parent} holds a study with another configuration (models, seed, sizes or config file; see "
             f"{path}); use another --out"
         )
+    return list(study["invocations"])
 
 
 def run_study(
@@ -77,9 +82,11 @@ def run_study(
     sections: Sequence[str] = SECTIONS,
     argv: Sequence[str] | None = None,
 ) -> Path:
-    """Run (or resume) the study into ``out``; return the path of ``report.md``.
+    """Run (or resume) ``sections`` of the study into ``out``; return the path of ``report.md``, which shows
+    every section finished in ``out`` so far.
 
-    ``argv`` is the command line recorded as the origin of every number (default: this process's)."""
+    ``argv`` is the command line recorded as the origin of the sections this call runs (default: this
+    process's)."""
     import torch
     from tqdm import tqdm
 
@@ -93,26 +100,25 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     suite = get_suite(config.suite)
     command = shlex.join(["gapeval", *(sys.argv[1:] if argv is None else argv)])
-    ctx = Context(config, out, command, suite.items, suite.id)
-    check_same_study(out / "study.json", config)
-    write_json(out / "study.json", {"command": command, "config": config.to_json()})
+    ctx = Context(config, out, suite.items, suite.id)
+    invocations = check_same_study(out / STUDY, config)
+    write_json(out / STUDY, {"config": config.to_json(), "invocations": [*invocations, command]})
     start, load = time.perf_counter(), os.getloadavg()
-    done: list[Section] = []
     for name in (bar := tqdm([s for s in SECTIONS if s in sections], desc="study", unit="section")):
         bar.set_postfix_str(name)
         section = finished(out / name)
         if section is None:
             began = time.perf_counter()
             section = section_function(name)(ctx)
-            section.seconds = round(time.perf_counter() - began, 1)
+            section.seconds, section.command = round(time.perf_counter() - began, 1), command
             complete(out / name, section)
         else:
             tqdm.write(f"{name}: finished by a previous run ({out / name / 'done.json'}); skipped")
-        done.append(section)
     runtime = {
         "seconds": round(time.perf_counter() - start, 1),
         "load_before": [round(x, 2) for x in load],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
     }
-    return write_report(out, config, command, done, runtime)
+    done = [section for name in SECTIONS if (section := finished(out / name)) is not None]
+    return write_report(out, config, [*invocations, command], done, runtime)
