@@ -137,6 +137,9 @@ def test_emergence_reads_a_log_and_skips_models_without_one(tmp_path):
     assert "und reached 0.5 first in 1" in text
     assert (tmp_path / "out" / "emergence" / "emergence.png").exists()
     assert len(read_jsonl(tmp_path / "out" / "emergence" / "emergence.jsonl")) == len(log)
+    config.models = ["oracle"]
+    text = run_study(config, tmp_path / "none", sections=["emergence"], argv=[]).read_text()
+    assert "- Emergence order: not measured" in text and "nothing to plot" in text
 
 
 def test_study_is_registered_and_help_stays_light():

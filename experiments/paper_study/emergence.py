@@ -156,6 +156,9 @@ def emergence_section(ctx: Context) -> Section:
         section.paragraphs.append(
             "No emergence log is available for the models of this study; nothing to plot."
         )
+        section.findings.append(
+            "Emergence order: not measured — no model of this study has an emergence log."
+        )
         return section
     plot(curves, folder / "emergence.png", threshold)
     section.figure(

@@ -171,7 +171,7 @@ def finding(spec: str, grid: dict, probe: dict) -> str:
         + ("; ".join(where) or "no patching pair kept (|LD_clean − LD_corrupt| < the minimum gap)")
         + ". A linear probe reads the probed attribute within und "
         f"{peak(probe['acc_und'], probe['layers'])}, within gen {peak(probe['acc_gen'], probe['layers'])}, and "
-        f"und→gen {peak(probe['und_to_gen'], probe['layers'])} (chance {num(probe['chance'])})."
+        f"und→gen {peak(probe['und_to_gen'], probe['layers'])} (chance {num(probe['chance'])}, majority class {num(probe['majority'])})."
     )
 
 
