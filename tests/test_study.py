@@ -64,6 +64,10 @@ def test_reason_then_draw_asks_in_text_then_draws_the_answer():
         }
     }
     assert bridge.understand([Request("a", "What is the emblem of A?")]) == ["red circle at r0c1."]
+    model.answers["Name C."] = "blue square at r1c1"
+    bridge.questions["c"] = "Name C."
+    bridge.generate([Request("c", "Draw C.")])  # items split over calls: the transcript keeps them all
+    assert set(bridge.transcript) == {"a", "c"}
 
 
 def test_templates_are_filled_by_plain_substitution():

@@ -57,8 +57,9 @@ def fill(template: str, **values: str) -> str:
 class ReasonThenDraw:
     """``understand`` is the wrapped model's; ``generate`` asks in text, then draws the answer.
 
-    Both steps keep each request's input image and seed. ``transcript`` holds, per item id of the last
-    ``generate`` call, the question, the text answer and the drawing prompt (what a study records). A request
+    Both steps keep each request's input image and seed. ``transcript`` holds, per item id asked so far (a
+    caller may split its items over several ``generate`` calls; a later call for an item replaces it), the
+    question, the text answer and the drawing prompt (what a study records). A request
     whose item has no question, or whose text step failed, gets an Exception in place of its image, as the
     adapter contract allows.
     """
@@ -91,11 +92,12 @@ class ReasonThenDraw:
                 for r in (requests[k] for k in asked)
             ]
         )
-        self.transcript, drawn = {}, []
+        drawn = []
         for k, text in zip(asked, texts, strict=True):
             request = requests[k]
             if isinstance(text, Exception):
                 out[k] = RuntimeError(f"reason step failed: {text}")
+                self.transcript.pop(request.item_id, None)
                 continue
             question = self.questions[request.item_id]
             answer = text.strip().rstrip(".").strip()
