@@ -156,7 +156,8 @@ def bridge_section(ctx: Context) -> Section:
         ),
     )
     section.table(
-        "Measured before this study on the previously shipped checkpoints, text-only realms (not rerun here)",
+        "Measured before this tool existed (toy-mechanism facts; the seed-0, 24 000-step checkpoints shipped "
+        "then), text-only realms (not rerun here)",
         markdown_table(
             ["model", "und", "gen", "bridged gen"],
             [[m, num(v["und"]), num(v["gen"]), num(v["bridged"])] for m, v in published.items()],
