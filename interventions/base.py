@@ -7,6 +7,7 @@ through :class:`gapeval.models.base.Intervenable` (never its type), as peft's tu
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -64,6 +65,7 @@ class TrainingBatch:
     requests: list[Request]
     subjects: list[str]
     fp: ForwardPass
+    reference: torch.Tensor | None = None  # (B, A, V) the unedited model's log-probabilities (rehearsal)
 
 
 def training_batches(model: Intervenable, specs: Sequence[EditSpec], via: str) -> list[TrainingBatch]:
@@ -92,21 +94,57 @@ def answer_logprobs(model: Intervenable, fp: ForwardPass) -> torch.Tensor:
     return model.answer_logprobs(fp, final_hidden(model, fp))
 
 
-def answer_loss(model: Intervenable, batches: Sequence[TrainingBatch]) -> tuple[torch.Tensor, float]:
-    """Mean negative log-probability of a whole answer over all rows, and the worst answer token's probability.
+def answer_loss(
+    model: Intervenable, batches: Sequence[TrainingBatch], cap: float = 1.0
+) -> tuple[torch.Tensor, float]:
+    """Mean negative log-probability of a whole answer over all rows, and the worst answer token's margin.
 
     Per answer, not per token: an emblem changes one of a picture's 16 codes and two of a sentence's words,
-    and a per-token mean would dilute that code 16-fold. Every answer token above probability 1/2 means
-    greedy decoding reproduces every training answer, which is when editors stop early.
+    and a per-token mean would dilute that code 16-fold. The margin is the answer token's log-probability
+    minus the best other token's: above 0 for every answer token means greedy decoding reproduces every
+    training answer, which is when editors stop early (a positive threshold leaves a safety margin). Tokens
+    already above probability ``cap`` leave the loss, so the gradient goes to the answers still wrong.
     """
-    total, rows, worst = 0.0, 0, 1.0
+    total, rows, worst = 0.0, 0, float("inf")
     for batch in batches:
         fp = batch.fp
-        values = answer_logprobs(model, fp)
-        total = total - values.sum()
+        dist = model.answer_distributions(fp, final_hidden(model, fp))
+        targets, mask = fp.targets.to(dist.device), fp.answer_mask.to(dist.device)
+        values = dist.gather(-1, targets[..., None])[..., 0]
+        if cap < 1.0:
+            mask = mask & (values.detach() < math.log(cap))
+        total = total - torch.where(mask, values, torch.zeros_like(values)).sum()
         rows += len(fp)
-        worst = min(worst, float(values[fp.answer_mask].detach().exp().min()))
+        with torch.no_grad():
+            others = dist.scatter(-1, targets[..., None], float("-inf")).max(-1).values
+            real = fp.answer_mask.to(dist.device)
+            worst = min(worst, float((values - others)[real].min()))
     return total / max(rows, 1), worst
+
+
+def retention_loss(model: Intervenable, batches: Sequence[TrainingBatch]) -> torch.Tensor:
+    """Mean over rows of KL(unedited ‖ edited), summed over each row's answer slots: how far the edited
+    model's whole next-token distributions moved from the unedited model's at the rehearsal answers.
+
+    Unlike cross-entropy on the unedited model's greedy answers, it also holds the runner-up tokens where they
+    were, so an answer that was a near tie (the ones an edit flips first) keeps its margin.
+    """
+    total, rows = 0.0, 0
+    for batch in batches:
+        fp, reference = batch.fp, batch.reference
+        if reference is None:
+            raise ValueError("retention_loss needs batches made by rehearsal_batches (with reference)")
+        dist = model.answer_distributions(fp, final_hidden(model, fp))
+        kl = (reference.exp() * (reference - dist)).sum(-1)
+        total = total + torch.where(fp.answer_mask.to(kl.device), kl, torch.zeros_like(kl)).sum()
+        rows += len(fp)
+    return total / max(rows, 1)
+
+
+def _with_reference(model: Intervenable, batch: TrainingBatch) -> TrainingBatch:
+    with torch.no_grad():
+        batch.reference = model.answer_distributions(batch.fp, final_hidden(model, batch.fp)).detach()
+    return batch
 
 
 def rehearsal_batches(
@@ -116,7 +154,8 @@ def rehearsal_batches(
     batch of ``rows`` per direction each) that an editor cycles through, one round per step.
 
     Asked before editing: training on them alongside the edit keeps the model's behaviour elsewhere (a
-    rehearsal of the unedited model, as fine-tuning editors use to protect locality).
+    rehearsal of the unedited model, as fine-tuning editors use to protect locality). Each batch also holds
+    the unedited model's distributions at its answer slots (``reference``, for :func:`retention_loss`).
     """
     per_direction = []
     for direction in DIRECTIONS:
@@ -126,11 +165,14 @@ def rehearsal_batches(
         kept = [(r, a) for r, a in zip(requests, answers, strict=True) if not isinstance(a, str) or a.strip()]
         per_direction.append(
             [
-                TrainingBatch(
-                    direction,
-                    [r for r, _ in chunk],
-                    [""] * len(chunk),
-                    model.forward_inputs([r for r, _ in chunk], direction, [a for _, a in chunk]),
+                _with_reference(
+                    model,
+                    TrainingBatch(
+                        direction,
+                        [r for r, _ in chunk],
+                        [""] * len(chunk),
+                        model.forward_inputs([r for r, _ in chunk], direction, [a for _, a in chunk]),
+                    ),
                 )
                 for chunk in (kept[start : start + rows] for start in range(0, len(kept), rows))
             ]

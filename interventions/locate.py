@@ -109,7 +109,8 @@ class LocateEditor(Editor):
     value_decay: float = 1e-2  # penalty on the mean squared δ relative to the residual's
     corpus: Sequence[Item] = field(default=(), repr=False)
     retain: Sequence[Item] = field(default=(), repr=False)  # answers whose outputs the update must keep
-    retain_weight: float = 1.0
+    retain_weight: float = 3.0
+    rounds: int = 4  # value optimisation + update, repeated from the edited weights until the values hold
     name: str = "locate"
 
     def __post_init__(self) -> None:
@@ -133,6 +134,7 @@ class LocateEditor(Editor):
             "corpus": sorted(item.id for item in self.corpus),
             "retain": sorted(item.id for item in self.retain),
             "retain_weight": self.retain_weight,
+            "rounds": self.rounds,
         }
 
     def _layers(self, model: Intervenable) -> tuple[int, ...]:
@@ -266,22 +268,28 @@ class LocateEditor(Editor):
         covs = {layer: self.covariance(model, layer) if self.corpus else None for layer in layers}
         kept = self._kept_batches(model)
         with _restored(model, layers) as originals:
-            z, stats = self._values(model, batches, positions, layers[-1])
-            for i, layer in enumerate(layers):
-                keys, h = self._read(model, batches, positions, layer, layers[-1])
-                residual = (z - h) / (len(layers) - i)
-                gram = keys.T @ keys
-                if covs[layer] is not None:
-                    gram = gram + self.cov_weight * covs[layer]
-                if kept:
-                    held, _ = self._read(
-                        model, kept, [_answer_positions(b.fp) for b in kept], layer, layers[-1]
-                    )
-                    gram = gram + self.retain_weight * held.T @ held
-                gram = gram + 1e-6 * torch.eye(gram.shape[0])
-                update = torch.linalg.solve(gram.double(), (keys.T @ residual).double()).T.float()
-                with torch.no_grad():
-                    _mlp_out(model, layer).weight.add_(update)
+            rounds = 0
+            for _ in range(self.rounds):
+                z, stats = self._values(model, batches, positions, layers[-1])
+                if rounds and not stats["value_steps"]:
+                    break  # the edited model already gives every new answer at the target probability
+                rounds += 1
+                for i, layer in enumerate(layers):
+                    keys, h = self._read(model, batches, positions, layer, layers[-1])
+                    residual = (z - h) / (len(layers) - i)
+                    gram = keys.T @ keys
+                    if covs[layer] is not None:
+                        gram = gram + self.cov_weight * covs[layer]
+                    if kept:
+                        held, _ = self._read(
+                            model, kept, [_answer_positions(b.fp) for b in kept], layer, layers[-1]
+                        )
+                        gram = gram + self.retain_weight * held.T @ held
+                    gram = gram + 1e-6 * torch.eye(gram.shape[0])
+                    update = torch.linalg.solve(gram.double(), (keys.T @ residual).double()).T.float()
+                    with torch.no_grad():
+                        _mlp_out(model, layer).weight.add_(update)
+            stats["rounds"] = rounds
             deltas = {
                 _weight_path(model, layer): _mlp_out(model, layer).weight.detach() - originals[layer]
                 for layer in layers
