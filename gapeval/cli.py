@@ -7,6 +7,7 @@ Subcommands are :class:`Command` entries in :data:`COMMANDS`; another module add
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -312,44 +313,17 @@ def _train_toy(args: argparse.Namespace) -> int:
 register(Command("train-toy", "train the built-in UMM on the synth world", _train_toy_arguments, _train_toy))
 
 
-def _edit_command() -> Command:
-    from interventions.edit_command import add_arguments, handler
-
-    return Command("edit", "train knowledge in through one direction, judge both", add_arguments, handler)
-
-
-register(_edit_command())
-
-
-def _probe_command() -> Command:
-    from probes.command import add_arguments, handler
-
-    return Command(
-        "probe", "per-layer probes, transfer and causal erasure of a realm attribute", add_arguments, handler
-    )
-
-
-register(_probe_command())
-
-
-def _patch_command() -> Command:
-    from interventions.patch_command import add_arguments, handler
-
-    return Command("patch", "activation patching within and across directions", add_arguments, handler)
-
-
-register(_patch_command())
-
-
-def _study_command() -> Command:
-    from experiments.study_command import add_arguments, handler
-
-    return Command(
-        "study", "the paper's study in one command: tables, figures, report", add_arguments, handler
-    )
-
-
-register(_study_command())
+# Commands whose arguments and handler live beside their library; those modules import only argparse-level
+# things at the top, so building the parser stays free of torch.
+PLUGGED = (
+    ("edit", "interventions.edit_command", "train knowledge in through one direction, judge both"),
+    ("probe", "probes.command", "per-layer probes, transfer and causal erasure of a realm attribute"),
+    ("patch", "interventions.patch_command", "activation patching within and across directions"),
+    ("study", "experiments.study_command", "the paper's study in one command: tables, figures, report"),
+)
+for _name, _module, _help in PLUGGED:
+    _plugged = importlib.import_module(_module)
+    register(Command(_name, _help, _plugged.add_arguments, _plugged.handler))
 
 
 # --- entry point -----------------------------------------------------------------------------------------
