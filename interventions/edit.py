@@ -35,6 +35,32 @@ RECORDS, TRAINING, SUMMARY, MANIFEST = "records.jsonl", "training.jsonl", "summa
 MODES = ("batch", "single")
 
 
+def build_editor(
+    method: str,
+    specs: Sequence[EditSpec],
+    locality: Sequence[Item],
+    pool: Sequence[Item],
+    *,
+    seed: int = 0,
+    world_seed: int = 0,
+    **options: Any,
+) -> Editor:
+    """The editor ``gapeval edit --method METHOD`` builds: both keep the unedited model's answers to synth items
+    held apart from the locality items; locate-then-edit takes its key covariance from ``pool``. ``options``
+    go to the editor (e.g. ``layers``, ``key_site`` for locate)."""
+    from gapeval.synth.world import World
+    from interventions.locate import LocateEditor
+    from interventions.lora import LoraEditor
+    from interventions.specs import retain_items
+
+    retain = retain_items(World(world_seed), specs, locality, n_world=64, n_other=32, seed=seed)
+    if method == "lora":
+        return LoraEditor(seed=seed, retain=retain, **options)
+    if method == "locate":
+        return LocateEditor(corpus=pool, retain=retain, **options)
+    raise ValueError(f"unknown editor {method!r}; expected lora or locate")
+
+
 def _output(answer: Any) -> str | None:
     """Text as said; a picture as a hash of its pixels (enough to tell whether an answer changed)."""
     if answer is None or isinstance(answer, str):

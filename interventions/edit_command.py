@@ -74,11 +74,9 @@ def handler(args: argparse.Namespace) -> int:
     from gapeval.models.registry import load_model
     from gapeval.suites import get_suite
     from gapeval.synth.world import World
-    from interventions.edit import run_edit
+    from interventions.edit import build_editor, run_edit
     from interventions.edit_report import format_table, plot
-    from interventions.locate import LocateEditor
-    from interventions.lora import LoraEditor
-    from interventions.specs import load_specs, locality_items, retain_items, synth_specs
+    from interventions.specs import load_specs, locality_items, synth_specs
 
     torch.set_num_threads(args.threads)
     world = World(args.world_seed)
@@ -92,15 +90,13 @@ def handler(args: argparse.Namespace) -> int:
     if not isinstance(model, Intervenable):
         raise ValueError(f"model {args.model!r} does not expose the intervention contract")
     locality = locality_items(specs, pool, args.locality_world, args.locality_other)
-    # What editors keep unchanged comes from the synth world, held apart from the locality items.
-    retain = retain_items(world, specs, locality, n_world=64, n_other=32, seed=args.seed)
-    if args.method == "lora":
-        editor = LoraEditor(seed=args.seed, retain=retain)
-    else:
+    options = {}
+    if args.method == "locate":
         layers = None if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
-        editor = LocateEditor(
-            layers=layers, key_site=args.key_site, cov_weight=args.cov_weight, corpus=pool, retain=retain
-        )
+        options = {"layers": layers, "key_site": args.key_site, "cov_weight": args.cov_weight}
+    editor = build_editor(
+        args.method, specs, locality, pool, seed=args.seed, world_seed=args.world_seed, **options
+    )
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     summary = run_edit(
         model, specs, editor, locality, args.out, mode=args.mode, conditions=conditions, seed=args.seed

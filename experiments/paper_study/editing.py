@@ -20,19 +20,11 @@ PUBLISHED_ORDER = ("und", "gen", "baseline")  # the order of the config's publis
 
 def make_editor(method: str, specs: Sequence[Any], pool: Sequence[Any], seed: int) -> Any:
     """The editor ``gapeval edit --method METHOD`` builds with its defaults, so the printed command line
-    reproduces a run: both editors keep the unedited model's answers to synth items held apart from the
-    locality items; locate-then-edit also takes its key covariance from ``pool``."""
-    from gapeval.synth.world import World
-    from interventions.locate import LocateEditor
-    from interventions.lora import LoraEditor
-    from interventions.specs import locality_items, retain_items
+    reproduces a run."""
+    from interventions.edit import build_editor
+    from interventions.specs import locality_items
 
-    retain = retain_items(World(0), specs, locality_items(specs, pool), n_world=64, n_other=32, seed=seed)
-    if method == "lora":
-        return LoraEditor(seed=seed, retain=retain)
-    if method == "locate":
-        return LocateEditor(corpus=pool, retain=retain)
-    raise ValueError(f"unknown editor {method!r}; expected lora or locate")
+    return build_editor(method, specs, locality_items(specs, pool), pool, seed=seed)
 
 
 def unrepresentable(model: Any, specs: Sequence[Any]) -> list[str]:
