@@ -51,6 +51,17 @@ def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
 # --- run -------------------------------------------------------------------------------------------------
 
 
+def _summary_arguments(p: argparse.ArgumentParser) -> None:
+    """What every command that writes a run directory shares: the summary's resamples, the progress bar."""
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples for the summary's confidence intervals (default: 1000)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="oracle, toy, toy:VARIANT, janus:PATH, emu3:SPEC, py:MODULE:FACTORY"
@@ -80,13 +91,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluate only the first N items in suite order (synth:N is a smaller suite with every category)",
     )
     p.add_argument("--edit", help="name of the knowledge edit or adapter applied to the model (recorded)")
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=1000,
-        help="resamples for the summary's confidence intervals (default: 1000)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _summary_arguments(p)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -142,13 +147,7 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
         "--model-dir", required=True, help="the model's folder inside each data_<id>/ (text.json + image)"
     )
     p.add_argument("--out", required=True, type=Path, help="run directory (created, or resumed)")
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=1000,
-        help="resamples for the summary's confidence intervals (default: 1000)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _summary_arguments(p)
 
 
 def _import(args: argparse.Namespace) -> int:
