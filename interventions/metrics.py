@@ -75,26 +75,27 @@ def _baseline_index(records: Sequence[dict], role: str, direction: str) -> dict[
     return {r["item"]: r for r in _select(records, BASELINE, role, direction)}
 
 
-def locality(records: Sequence[dict], condition: str, direction: str) -> Estimate:
-    """Agreement of locality verdicts with the unedited model's, per locality item."""
+def _against_baseline(
+    records: Sequence[dict], condition: str, direction: str, compare: Callable[[bool, bool], float]
+) -> Estimate:
+    """``compare(verdict, unedited verdict)`` per locality item judged in both runs."""
     before = _baseline_index(records, "locality", direction)
     groups: dict[str, list[float]] = defaultdict(list)
     for r in _select(records, condition, "locality", direction):
         base = before.get(r["item"])
         if base is not None and r["correct"] is not None and base["correct"] is not None:
-            groups[r["item"]].append(float(r["correct"] == base["correct"]))
+            groups[r["item"]].append(compare(r["correct"], base["correct"]))
     return estimate(groups)
+
+
+def locality(records: Sequence[dict], condition: str, direction: str) -> Estimate:
+    """Agreement of locality verdicts with the unedited model's, per locality item."""
+    return _against_baseline(records, condition, direction, lambda now, base: float(now == base))
 
 
 def locality_accuracy_change(records: Sequence[dict], condition: str, direction: str) -> Estimate:
     """Accuracy on locality items minus the unedited model's, per locality item."""
-    before = _baseline_index(records, "locality", direction)
-    groups: dict[str, list[float]] = defaultdict(list)
-    for r in _select(records, condition, "locality", direction):
-        base = before.get(r["item"])
-        if base is not None and r["correct"] is not None and base["correct"] is not None:
-            groups[r["item"]].append(float(r["correct"]) - float(base["correct"]))
-    return estimate(groups)
+    return _against_baseline(records, condition, direction, lambda now, base: float(now) - float(base))
 
 
 def _margin(r: dict) -> float | None:
