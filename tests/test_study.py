@@ -13,6 +13,7 @@ from experiments.paper_study.config import load_config
 from experiments.paper_study.emergence import lead
 from experiments.paper_study.records import read_jsonl
 from experiments.paper_study.study import run_study
+from experiments.paper_study.toy_runs import training_runs
 from gapeval.models.base import Request
 from gapeval.models.bridge import DESCRIBED_SCENE, ReasonThenDraw, check_template, fill
 
@@ -144,6 +145,16 @@ def test_emergence_reads_a_log_and_skips_models_without_one(tmp_path):
     config.models = ["oracle"]
     text = run_study(config, tmp_path / "none", sections=["emergence"], argv=[]).read_text()
     assert "- Emergence order: not measured" in text and "nothing to plot" in text
+
+
+def test_emergence_names_the_training_seeds_that_are_not_shipped(tmp_path):
+    run, family = training_runs("toy:shared", [0, 7])
+    assert run.seed == 0 and [r.seed for r in family] == [0]
+    assert training_runs(f"toy:{run.folder}", [0, 7])[0].seed is None  # a user's folder has no shipped seed
+    config = _tiny_config(emergence={"training_seeds": [0, 7], "spot_checks": 0, "threshold": 0.5})
+    config.models = ["toy"]
+    text = run_study(config, tmp_path, sections=["emergence"], argv=[]).read_text()
+    assert "`toy`: training seed(s) 7 not shipped" in text
 
 
 def test_study_is_registered_and_help_stays_light():

@@ -140,6 +140,11 @@ def emergence_section(ctx: Context) -> Section:
             section.skipped.append(
                 f"`{spec}`: no training run behind this spec (emergence logs come from `gapeval train-toy` runs)"
             )
+        shipped = {run.seed for run in found if run.seed is not None}
+        if shipped and (missing := [s for s in sizes["training_seeds"] if s not in shipped]):
+            section.skipped.append(
+                f"`{spec}`: training seed(s) {', '.join(map(str, missing))} not shipped (no checkpoint folder)"
+            )
         for run in found:
             if not run.log.exists():
                 section.skipped.append(

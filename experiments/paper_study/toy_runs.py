@@ -19,6 +19,7 @@ class TrainingRun:
     label: str  # e.g. "shared seed 1"
     spec: str  # the final checkpoint as a model spec
     folder: Path  # step-XXXXXX/ checkpoints and, when logged, emergence.jsonl
+    seed: int | None = None  # the training seed of a shipped run (None: a user's checkpoint folder)
 
     @property
     def log(self) -> Path:
@@ -39,7 +40,8 @@ def _shipped(variant: str, seed: int) -> TrainingRun | None:
         folder = shipped_checkpoint(variant, seed=seed).parent
     except CheckpointError:
         return None
-    return TrainingRun(f"{variant} seed {seed}", f"toy:{variant}" + (f"@seed{seed}" if seed else ""), folder)
+    spec = f"toy:{variant}" + (f"@seed{seed}" if seed else "")
+    return TrainingRun(f"{variant} seed {seed}", spec, folder, seed)
 
 
 def training_runs(spec: str, seeds: Sequence[int]) -> tuple[TrainingRun | None, list[TrainingRun]]:
