@@ -92,6 +92,7 @@ def evaluate(
     items = [a[2] for a in asked]
     verdicts = judged(model, items, seed=seed, keep_images=True)
     plan = JudgePlan([a[3] for a in asked if a[3] is not None] or items, None)
+    group = {spec.id: spec.group for spec in specs}
     records = []
     for direction in ("und", "gen"):
         targets = [(k, a) for k, a in enumerate(asked) if a[1] == "target"]
@@ -113,6 +114,7 @@ def evaluate(
                 {
                     "condition": condition,
                     "edit": edit,
+                    "group": "" if role == "locality" else group[edit],
                     "role": role,
                     "item": item.id,
                     "direction": direction,
@@ -169,7 +171,9 @@ def _spec_hash(specs: Sequence[EditSpec], locality: Sequence[Item]) -> str:
     h = hashlib.sha256()
     for spec in specs:
         h.update(
-            json.dumps([spec.id, spec.kind, spec.subject, spec.new.text, spec.old and spec.old.text]).encode()
+            json.dumps(
+                [spec.id, spec.kind, spec.subject, spec.new.text, spec.old and spec.old.text, spec.group]
+            ).encode()
         )
         h.update(json.dumps([spec.train, spec.targets, spec.generality]).encode())
         h.update(spec.new.image.tobytes())

@@ -39,6 +39,17 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def group_tables(records: list[dict[str, Any]], conditions: list[str]) -> str:
+    """A table per spec group (e.g. inject into known vs unseen entities), or "" when specs have no group."""
+    from interventions.metrics import summarize_groups
+
+    sections = []
+    for group, summary in summarize_groups(records, conditions).items():
+        n = len({r["edit"] for r in records if r.get("group") == group})
+        sections.append(f"\n\n{group} ({n} specs):\n\n{format_table(summary)}")
+    return "".join(sections)
+
+
 def plot(summary: dict[str, Any], path: str | Path, title: str = "") -> None:
     """Two panels (evaluated in generation / understanding), one bar per condition, with 95 % CIs."""
     import matplotlib

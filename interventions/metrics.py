@@ -11,6 +11,8 @@ the old value), ``output`` (the text, or a hash of the picture), and for targets
 - log-prob shift: change of log P(new) − log P(old) (or of log P(new) for an inject) from the baseline, so
   propagation too small to flip a verdict is still visible.
 
+Records of specs with a ``group`` carry it (locality records do not), so each group can be summarised alone.
+
 Confidence intervals resample edits (targets, generality) or locality items, 95 % percentile bootstrap.
 """
 
@@ -138,3 +140,15 @@ def summarize_edits(
             for d in ("und", "gen")
         }
     return out
+
+
+def summarize_groups(
+    records: Sequence[dict], conditions: Sequence[str]
+) -> dict[str, dict[str, dict[str, dict[str, Estimate]]]]:
+    """:func:`summarize_edits` per spec group (``{group: summary}``; specs without a group are left out): the
+    targets and generality of that group's edits, the locality items shared by all."""
+    groups = sorted({r.get("group") for r in records if r.get("group")})
+    return {
+        g: summarize_edits([r for r in records if r["role"] == "locality" or r.get("group") == g], conditions)
+        for g in groups
+    }

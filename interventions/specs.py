@@ -88,6 +88,9 @@ class EditSpec:
     targets: list[dict[str, str]]
     generality: list[dict[str, str]] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    group: str = (
+        ""  # optional label to break results down by (synth inject: "known entity" / "unseen entity")
+    )
 
     def examples(self, direction: str) -> tuple[list[str], list[Any]]:
         """Training prompts of one direction and their answers (new text for und, new picture for gen)."""
@@ -208,6 +211,9 @@ def parse_spec(
     aliases = data.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise fail("must be a list of strings", "aliases")
+    group = data.get("group", "")
+    if not isinstance(group, str):
+        raise fail("must be a string", "group")
     return EditSpec(
         id=data["id"],
         kind=kind,
@@ -219,6 +225,7 @@ def parse_spec(
         targets=_prompts(data.get("targets"), "targets", fail, need=True),
         generality=_prompts(data.get("generality"), "generality", fail, need=False),
         aliases=list(aliases),
+        group=group,
     )
 
 
@@ -255,11 +262,17 @@ def _emblem_value(obj: Obj, cell: tuple[int, int]) -> dict[str, Any]:
     }
 
 
+GROUPS = {
+    True: "known entity",
+    False: "unseen entity",
+}  # inject specs: reserve realm taught by name, or never
+
+
 def synth_spec_data(world: World, kind: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` random specs over the synth world, as JSON objects (what a spec file holds).
 
     ``edit``: existing realms get a new emblem (another shape or colour, same cell). ``inject``: reserve realms
-    (known by name, or unseen) get the emblem the world planned for them. Training uses all one-hop phrasings
+    (known by name, or unseen: the spec's ``group``) get the emblem the world planned for them. Training uses all one-hop phrasings
     but one; targets are those training prompts (efficacy), generality the held-out one-hop phrasing and the
     two-hop route through the founder in every phrasing.
     """
@@ -290,6 +303,7 @@ def synth_spec_data(world: World, kind: str, n: int, seed: int = 0) -> list[dict
                 "targets": [{"und": one_hop[p][0], "gen": one_hop[p][1]} for p in kept],
                 "generality": [{"und": one_hop[held][0], "gen": one_hop[held][1]}]
                 + [{"und": u, "gen": g} for u, g in two_hop],
+                **({"group": GROUPS[realm in world.reserve_known]} if kind == "inject" else {}),
             }
         )
     return out

@@ -15,7 +15,7 @@ from gapeval.synth.world import World
 from interventions.edit import RECORDS, read_records, run_edit
 from interventions.locate import LocateEditor
 from interventions.lora import LoraEditor
-from interventions.metrics import efficacy, locality, logprob_shift
+from interventions.metrics import efficacy, locality, logprob_shift, summarize_groups
 from interventions.specs import (
     SpecError,
     load_specs,
@@ -64,8 +64,13 @@ def test_synth_specs_edit_and_inject():
         assert held and any("founded by" in p for p in held)  # held-out phrasing and two-hop route
         assert s.train["und"] == [p["und"] for p in s.targets]
     reserve = {r.name for r in WORLD.reserve_known + WORLD.reserve_unseen}
-    injects = synth_specs(WORLD, "inject", 4)
+    injects = synth_specs(WORLD, "inject", 12)
     assert all(s.subject in reserve and s.old is None for s in injects)
+    known = {r.name for r in WORLD.reserve_known}
+    assert [s.group for s in injects] == [
+        "known entity" if s.subject in known else "unseen entity" for s in injects
+    ]
+    assert {s.group for s in injects} == {"known entity", "unseen entity"} and not any(s.group for s in edits)
 
 
 def test_spec_file_round_trip_and_locality(tmp_path, pool):
@@ -86,6 +91,7 @@ def test_spec_file_round_trip_and_locality(tmp_path, pool):
         (lambda d: d.update(old=None), "field=old"),
         (lambda d: d.update(targets=[]), "field=targets"),
         (lambda d: d.update(kind="forget"), "field=kind"),
+        (lambda d: d.update(group=["known"]), "field=group"),
     ],
 )
 def test_bad_specs_name_file_line_and_field(tmp_path, mutate, field):
@@ -171,6 +177,14 @@ def test_metrics_are_functions_of_records():
     shift = logprob_shift(records, "und", "und")
     assert shift["mean"] == 4.0 and shift["n"] == 2 and shift["ci"][0] <= 4.0 <= shift["ci"][1]
     assert efficacy(records, "gen", "und")["mean"] is None
+    grouped = [
+        {**r, "group": "" if r["role"] == "locality" else {"e0": "a", "e1": "b"}[r["edit"]]} for r in records
+    ]
+    by_group = summarize_groups(grouped, ["baseline", "und"])
+    assert set(by_group) == {"a", "b"}  # locality records belong to no group but count in each
+    assert [by_group[g]["und"]["und"]["target"]["mean"] for g in "ab"] == [1.0, 0.0]
+    assert by_group["a"]["und"]["und"]["locality"] == locality(records, "und", "und")
+    assert summarize_groups(records, ["baseline", "und"]) == {}
 
 
 # --- the experiment ------------------------------------------------------------------------------------

@@ -78,3 +78,29 @@ def test_intermediate_checkpoints_ship_for_the_emergence_study():
         assert load_toy(f"{variant}@{first}").meta["step"] == first
     with pytest.raises(CheckpointError, match="no shipped checkpoint at step 7"):
         load_toy("shared@7")
+
+
+@pytest.mark.parametrize("variant", ["shared", "decoupled"])
+def test_emergence_log_ships_and_ends_where_the_final_checkpoint_scores(variant):
+    """The log is the suite judged along training: its last row is the final checkpoint's run, which is the
+    README's row."""
+    folder = CHECKPOINTS / f"toy-{variant}"
+    rows = [json.loads(line) for line in (folder / "emergence.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    final = max(int(p.name.removeprefix("step-")) for p in folder.glob("step-*"))
+    assert len(rows) >= 16 and steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == final
+    und, gen = documented_accuracies()[variant]
+    assert abs(rows[-1]["und_acc"] - und) <= TOLERANCE and abs(rows[-1]["gen_acc"] - gen) <= TOLERANCE
+
+
+@pytest.mark.parametrize("variant", ["shared", "decoupled"])
+def test_shipped_models_know_reserve_founders_but_not_their_emblems(variant):
+    """Injection targets must be new to the model: emblem accuracy at most three times naming a shape and a
+    colour at random; the known kind's founders were taught, so they are answered."""
+    from experiments.reserve_knowledge import reserve_knowledge
+    from gapeval.models.registry import load_model
+
+    found = reserve_knowledge(load_model(f"toy:{variant}", []))
+    for kind in ("known", "unseen"):
+        assert max(found[kind]["und"], found[kind]["gen"]) <= 3 * found["chance"], (kind, found)
+    assert found["known"]["founder"] >= 0.9, found

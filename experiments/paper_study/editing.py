@@ -111,8 +111,9 @@ def published_table(published: dict[str, Any]) -> str:
 def edit_section(ctx: Context) -> Section:
     from gapeval.models.base import Intervenable
     from gapeval.synth.world import World
-    from interventions.edit import run_edit
-    from interventions.edit_report import format_table, plot
+    from interventions.edit import read_records, run_edit
+    from interventions.edit_report import format_table, group_tables, plot
+    from interventions.metrics import summarize_groups
     from interventions.specs import locality_items, synth_specs
 
     sizes, seed = ctx.config.sizes["edit"], ctx.config.seed
@@ -142,8 +143,10 @@ def edit_section(ctx: Context) -> Section:
                 plot(summary, out / "edit.png", title)
                 results.append((spec, kind, method, summary))
                 rel = out.relative_to(ctx.out)
+                records = read_records(out)
                 section.table(
-                    f"{title} (95 % bootstrap CI over edits; `{rel}/records.jsonl`)", format_table(summary)
+                    f"{title} (95 % bootstrap CI over edits; `{rel}/records.jsonl`)",
+                    format_table(summary) + group_tables(records, conditions),
                 )
                 section.figure(title, out / "edit.png", ctx.out)
                 section.records.append(f"{rel}/records.jsonl")
@@ -152,6 +155,10 @@ def edit_section(ctx: Context) -> Section:
                     f"--conditions {','.join(conditions)} --seed {seed} --out {out}"
                 )
                 section.findings.append(_finding(spec, kind, method, summary))
+                section.findings += [
+                    _finding(spec, f"{kind} into {group}s", method, by_group)
+                    for group, by_group in summarize_groups(records, conditions).items()
+                ]
                 rows += [
                     {"model": spec, "kind": kind, "editor": method, "condition": c, "direction": d, "metric": m, **est}
                     for c, by_d in summary.items()
