@@ -156,7 +156,7 @@ def edit_section(ctx: Context) -> Section:
                 )
                 section.findings.append(_finding(spec, kind, method, summary))
                 section.findings += [
-                    _finding(spec, f"{kind} into {group}s", method, by_group)
+                    _finding(spec, f"{kind} ({group})", method, by_group)
                     for group, by_group in summarize_groups(records, conditions).items()
                 ]
                 rows += [
