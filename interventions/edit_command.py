@@ -76,6 +76,7 @@ def handler(args: argparse.Namespace) -> int:
     from gapeval.synth.world import World
     from interventions.edit import build_editor, read_records, run_edit
     from interventions.edit_report import format_table, group_tables, plot
+    from interventions.metrics import summarize_groups
     from interventions.specs import load_specs, locality_items, synth_specs
 
     torch.set_num_threads(args.threads)
@@ -101,7 +102,8 @@ def handler(args: argparse.Namespace) -> int:
     summary = run_edit(
         model, specs, editor, locality, args.out, mode=args.mode, conditions=conditions, seed=args.seed
     )
-    table = format_table(summary) + group_tables(read_records(args.out), conditions)
+    records = read_records(args.out)
+    table = format_table(summary) + group_tables(records, summarize_groups(records, conditions))
     title = f"{model.name}: {args.method} {args.mode}, {len(specs)} {specs[0].kind} specs"
     (args.out / "table.md").write_text(f"# {title}\n\n{table}\n", encoding="utf-8")
     plot(summary, args.out / "edit.png", title)

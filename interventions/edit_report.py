@@ -39,12 +39,11 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def group_tables(records: list[dict[str, Any]], conditions: list[str]) -> str:
-    """A table per spec group (e.g. inject into known vs unseen entities), or "" when specs have no group."""
-    from interventions.metrics import summarize_groups
-
+def group_tables(records: list[dict[str, Any]], groups: dict[str, Any]) -> str:
+    """A table per spec group (``interventions.metrics.summarize_groups`` of ``records``; e.g. inject into known
+    vs unseen entities), or "" when specs have no group."""
     sections = []
-    for group, summary in summarize_groups(records, conditions).items():
+    for group, summary in groups.items():
         n = len({r["edit"] for r in records if r.get("group") == group})
         sections.append(f"\n\n{group} ({n} specs):\n\n{format_table(summary)}")
     return "".join(sections)

@@ -144,9 +144,10 @@ def edit_section(ctx: Context) -> Section:
                 results.append((spec, kind, method, summary))
                 rel = out.relative_to(ctx.out)
                 records = read_records(out)
+                groups = summarize_groups(records, conditions)
                 section.table(
                     f"{title} (95 % bootstrap CI over edits; `{rel}/records.jsonl`)",
-                    format_table(summary) + group_tables(records, conditions),
+                    format_table(summary) + group_tables(records, groups),
                 )
                 section.figure(title, out / "edit.png", ctx.out)
                 section.records.append(f"{rel}/records.jsonl")
@@ -157,7 +158,7 @@ def edit_section(ctx: Context) -> Section:
                 section.findings.append(_finding(spec, kind, method, summary))
                 section.findings += [
                     _finding(spec, f"{kind} ({group})", method, by_group)
-                    for group, by_group in summarize_groups(records, conditions).items()
+                    for group, by_group in groups.items()
                 ]
                 rows += [
                     {"model": spec, "kind": kind, "editor": method, "condition": c, "direction": d, "metric": m, **est}

@@ -208,8 +208,8 @@ def emergence_section(ctx: Context) -> Section:
                 [
                     label,
                     f"{rows[0]['step']}–{rows[-1]['step']} every {leads[label]['interval']}",
-                    "not reached" if leads[label]["und_step"] is None else leads[label]["und_step"],
-                    "not reached" if leads[label]["gen_step"] is None else leads[label]["gen_step"],
+                    _step(leads[label]["und_step"]),
+                    _step(leads[label]["gen_step"]),
                     leads[label]["order"],
                     num(leads[label]["und_mean"]),
                     num(leads[label]["gen_mean"]),
