@@ -103,19 +103,21 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path, threshold: float) 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    families = list(dict.fromkeys(label.partition(" seed ")[0] for label in curves))
     for ax, key, title in zip(
         axes,
         ("und_acc", "gen_acc", "gap_reference"),
         ("understanding accuracy", "generation accuracy", "Gap Score"),
         strict=True,
     ):
-        for k, (label, rows) in enumerate(curves.items()):
-            style = "-" if "seed 0" in label else "--"
+        for label, rows in curves.items():
+            # one colour per model family, one line style per training seed
+            family, _, seed = label.partition(" seed ")
             ax.plot(
                 [r["step"] for r in rows],
                 [r[key] for r in rows],
-                style,
-                color=f"C{k}",
+                "-" if seed in ("", "0") else "--",
+                color=f"C{families.index(family) % 10}",
                 label=label,
                 marker=".",
             )
