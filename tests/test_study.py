@@ -150,6 +150,8 @@ def test_emergence_reads_a_log_and_skips_models_without_one(tmp_path):
 def test_emergence_names_the_training_seeds_that_are_not_shipped(tmp_path):
     run, family = training_runs("toy:shared", [0, 7])
     assert run.seed == 0 and [r.seed for r in family] == [0]
+    seed1, family = training_runs("toy:shared@seed1", [0, 1])  # both shipped seeds, the spec's own is seed 1
+    assert seed1.seed == 1 and seed1.spec == "toy:shared@seed1" and [r.seed for r in family] == [0, 1]
     assert training_runs(f"toy:{run.folder}", [0, 7])[0].seed is None  # a user's folder has no shipped seed
     config = _tiny_config(emergence={"training_seeds": [0, 7], "spot_checks": 0, "threshold": 0.5})
     config.models = ["toy"]

@@ -15,7 +15,7 @@ import pytest
 
 from gapeval.cli import main
 from gapeval.models.toy import load_toy
-from gapeval.models.toy.adapter import CHECKPOINTS
+from gapeval.models.toy.adapter import CHECKPOINTS, shipped_checkpoint
 from gapeval.models.toy.checkpoint import CheckpointError
 from gapeval.rundir import load_records
 from gapeval.summary import joint_counts
@@ -33,8 +33,15 @@ def documented_accuracies() -> dict[str, tuple[float, float]]:
     return {variant: (float(und), float(gen)) for variant, und, gen in rows}
 
 
+def documented_seed1() -> dict[str, tuple[float, float]]:
+    """(und acc, gen acc) per variant from the README's rows for training seed 1 (``toy:VARIANT@seed1``)."""
+    rows = re.findall(r"^\| `toy:(\w+)@seed1` \| ([\d.]+) \| ([\d.]+) \|", README.read_text(), flags=re.M)
+    return {variant: (float(und), float(gen)) for variant, und, gen in rows}
+
+
 def test_readme_documents_both_variants():
     assert set(documented_accuracies()) == {"shared", "decoupled"}
+    assert set(documented_seed1()) == {"shared", "decoupled"}
 
 
 @pytest.mark.parametrize("variant", ["shared", "decoupled"])
@@ -80,17 +87,34 @@ def test_intermediate_checkpoints_ship_for_the_emergence_study():
         load_toy("shared@7")
 
 
-@pytest.mark.parametrize("variant", ["shared", "decoupled"])
-def test_emergence_log_ships_and_ends_where_the_final_checkpoint_scores(variant):
+@pytest.mark.parametrize(("variant", "seed"), [(v, s) for s in (0, 1) for v in ("shared", "decoupled")])
+def test_emergence_log_ships_and_ends_where_the_final_checkpoint_scores(variant, seed):
     """The log is the suite judged along training: its last row is the final checkpoint's run, which is the
-    README's row."""
-    folder = CHECKPOINTS / f"toy-{variant}"
+    README's row (for seed 1, the second training seed, the README's seed-1 rows)."""
+    folder = shipped_checkpoint(variant, seed=seed).parent
     rows = [json.loads(line) for line in (folder / "emergence.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows]
     final = max(int(p.name.removeprefix("step-")) for p in folder.glob("step-*"))
     assert len(rows) >= 16 and steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == final
-    und, gen = documented_accuracies()[variant]
+    und, gen = (documented_accuracies() if seed == 0 else documented_seed1())[variant]
     assert abs(rows[-1]["und_acc"] - und) <= TOLERANCE and abs(rows[-1]["gen_acc"] - gen) <= TOLERANCE
+
+
+@pytest.mark.parametrize("variant", ["shared", "decoupled"])
+def test_second_training_seed_loads_by_spec(variant):
+    """``toy:VARIANT@seed1`` is the final checkpoint of the seed-1 run: same recipe, another training seed."""
+    from gapeval.models.base import Request
+    from gapeval.models.registry import load_model
+    from gapeval.suites import get_suite
+
+    model = load_model(f"toy:{variant}@seed1", [])
+    assert model.meta["train"]["seed"] == 1 and model.meta["train"]["variant"] == variant
+    assert model.meta["step"] == model.meta["train"]["steps"]
+    assert model.config()["weights_sha256"] != load_model(f"toy:{variant}", []).config()["weights_sha256"]
+    item = next(i for i in get_suite("synth").items if i.category == "world_knowledge")
+    [text] = model.understand([Request(item.id, item.und_prompt, item.image)])
+    [picture] = model.generate([Request(item.id, item.gen_prompt)])
+    assert isinstance(text, str) and text and picture.size == item.reference_image.size
 
 
 @pytest.mark.parametrize("variant", ["shared", "decoupled"])
