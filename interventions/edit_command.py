@@ -10,6 +10,7 @@ from pathlib import Path
 
 # Literal copies of the editors' defaults (building the parser must not import torch).
 LOCATE_DEFAULTS = {"layers": "all", "key_site": "answer", "cov_weight": 1e3}
+LORA_DEFAULTS = {"max_steps": 150}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--locality-other", type=int, default=8, help="locality items per other category (default: 8)"
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=LORA_DEFAULTS["max_steps"],
+        help="lora: optimiser steps per edit at most (default: 150; fewer stop when every target leads)",
     )
     p.add_argument(
         "--layers",
@@ -91,7 +98,7 @@ def handler(args: argparse.Namespace) -> int:
     if not isinstance(model, Intervenable):
         raise ValueError(f"model {args.model!r} does not expose the intervention contract")
     locality = locality_items(specs, pool, args.locality_world, args.locality_other)
-    options = {}
+    options: dict = {"max_steps": args.max_steps}
     if args.method == "locate":
         layers = None if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
         options = {"layers": layers, "key_site": args.key_site, "cov_weight": args.cov_weight}

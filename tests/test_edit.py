@@ -242,8 +242,9 @@ def test_locate_key_sites_read_one_key_per_training_prompt(toy, pool, site):
 
 
 def test_cli_defaults_are_the_editors():
-    from interventions.edit_command import LOCATE_DEFAULTS
+    from interventions.edit_command import LOCATE_DEFAULTS, LORA_DEFAULTS
 
+    assert LORA_DEFAULTS == {"max_steps": LoraEditor().max_steps}
     editor = LocateEditor()
     assert LOCATE_DEFAULTS == {"layers": "all", "key_site": editor.key_site, "cov_weight": editor.cov_weight}
     assert editor.layers is None  # "all"

@@ -18,13 +18,13 @@ LABELS = {"baseline": "Baseline", "und": "Train-on-Und", "gen": "Train-on-Gen", 
 PUBLISHED_ORDER = ("und", "gen", "baseline")  # the order of the config's published triples
 
 
-def make_editor(method: str, specs: Sequence[Any], pool: Sequence[Any], seed: int) -> Any:
-    """The editor ``gapeval edit --method METHOD`` builds with its defaults, so the printed command line
-    reproduces a run."""
+def make_editor(method: str, specs: Sequence[Any], pool: Sequence[Any], seed: int, **options: Any) -> Any:
+    """The editor ``gapeval edit --method METHOD`` builds with its defaults (and ``options``, which the printed
+    command line states), so that command reproduces a run."""
     from interventions.edit import build_editor
     from interventions.specs import locality_items
 
-    return build_editor(method, specs, locality_items(specs, pool), pool, seed=seed)
+    return build_editor(method, specs, locality_items(specs, pool), pool, seed=seed, **options)
 
 
 def unrepresentable(model: Any, specs: Sequence[Any]) -> list[str]:
@@ -137,7 +137,13 @@ def edit_section(ctx: Context) -> Section:
             locality = locality_items(specs, ctx.items)
             for method in sizes["editors"]:
                 out = folder / slug(spec) / f"{kind}-{method}"
-                editor = make_editor(method, specs, ctx.items, seed)
+                # A size profile may cap LoRA's steps (the quick one does: its inject runs would hit the cap).
+                options = (
+                    {"max_steps": sizes["lora_max_steps"]}
+                    if method == "lora" and "lora_max_steps" in sizes
+                    else {}
+                )
+                editor = make_editor(method, specs, ctx.items, seed, **options)
                 summary = run_edit(model, specs, editor, locality, out, conditions=conditions, seed=seed)
                 title = f"{spec}: {method}, {len(specs)} {kind} specs"
                 plot(summary, out / "edit.png", title)
@@ -154,6 +160,7 @@ def edit_section(ctx: Context) -> Section:
                 section.commands.append(
                     f"gapeval edit --model {spec} --kind {kind} --edits {len(specs)} --method {method} "
                     f"--conditions {','.join(conditions)} --seed {seed} --out {out}"
+                    + (f" --max-steps {options['max_steps']}" if options else "")
                 )
                 section.findings.append(_finding(spec, kind, method, summary))
                 section.findings += [
