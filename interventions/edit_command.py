@@ -98,10 +98,11 @@ def handler(args: argparse.Namespace) -> int:
     if not isinstance(model, Intervenable):
         raise ValueError(f"model {args.model!r} does not expose the intervention contract")
     locality = locality_items(specs, pool, args.locality_world, args.locality_other)
-    options: dict = {"max_steps": args.max_steps}
     if args.method == "locate":
         layers = None if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
         options = {"layers": layers, "key_site": args.key_site, "cov_weight": args.cov_weight}
+    else:
+        options = {"max_steps": args.max_steps}
     editor = build_editor(
         args.method, specs, locality, pool, seed=args.seed, world_seed=args.world_seed, **options
     )
