@@ -16,9 +16,9 @@ import torch
 from gapeval.models.toy.adapter import ToyAdapter
 from gapeval.suites import get_suite
 from gapeval.synth.world import World
-from interventions.locate import LocateEditor
-from interventions.lora import LoraEditor
-from interventions.specs import locality_items, retain_items, synth_specs
+from interventions.editing.locate import LocateEditor
+from interventions.editing.lora import LoraEditor
+from interventions.editing.specs import locality_items, retain_items, synth_specs
 
 
 def seconds(editor, model, groups, via: str) -> float:

@@ -3,7 +3,7 @@
 The full layers × positions × {resid, attn, mlp} grid of one clean/corrupted pair, in both directions: batched
 (many patched replicas per forward, ``--max-rows`` rows a pass, cells that would write what the corrupted run
 already has skipped) against one forward per cell (two rows: the two answers), and batching alone (no cell
-skipped). All go through :func:`interventions.patching.patched_ld`; the results must agree.
+skipped). All go through :func:`interventions.patching.grid.patched_ld`; the results must agree.
 
     python benchmarks/patching_batched.py --model toy --pairs 3 --threads 1
 """
@@ -18,8 +18,8 @@ import torch
 
 from gapeval.models.base import DIRECTIONS
 from gapeval.models.registry import load_model
-from interventions.pairs import synth_pairs
-from interventions.patching import COMPONENTS, grid_patches, patched_ld, run
+from interventions.patching.grid import COMPONENTS, grid_patches, patched_ld, run
+from interventions.patching.pairs import synth_pairs
 
 
 def main() -> None:

@@ -315,10 +315,10 @@ register(Command("train-toy", "train the built-in UMM on the synth world", _trai
 # Commands whose arguments and handler live beside their library; those modules import only argparse-level
 # things at the top, so building the parser stays free of torch.
 PLUGGED = (
-    ("edit", "interventions.edit_command", "train knowledge in through one direction, judge both"),
-    ("probe", "probes.command", "per-layer probes, transfer and causal erasure of a realm attribute"),
-    ("patch", "interventions.patch_command", "activation patching within and across directions"),
-    ("study", "experiments.study_command", "the paper's study in one command: tables, figures, report"),
+    ("edit", "interventions.editing.edit_cli", "train knowledge in through one direction, judge both"),
+    ("probe", "probes.probe_cli", "per-layer probes, transfer and causal erasure of a realm attribute"),
+    ("patch", "interventions.patching.patch_cli", "activation patching within and across directions"),
+    ("study", "experiments.study_cli", "the paper's study in one command: tables, figures, report"),
 )
 for _name, _module, _help in PLUGGED:
     _plugged = importlib.import_module(_module)

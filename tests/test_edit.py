@@ -12,11 +12,11 @@ from gapeval.models.base import Request
 from gapeval.suites import get_suite
 from gapeval.synth.suite import item_key
 from gapeval.synth.world import World
-from interventions.edit import RECORDS, read_records, run_edit
-from interventions.locate import LocateEditor
-from interventions.lora import LoraEditor
-from interventions.metrics import efficacy, locality, logprob_shift, summarize_groups
-from interventions.specs import (
+from interventions.editing.edit_run import RECORDS, read_records, run_edit
+from interventions.editing.locate import LocateEditor
+from interventions.editing.lora import LoraEditor
+from interventions.editing.metrics import efficacy, locality, logprob_shift, summarize_groups
+from interventions.editing.specs import (
     SpecError,
     load_specs,
     locality_items,
@@ -242,7 +242,7 @@ def test_locate_key_sites_read_one_key_per_training_prompt(toy, pool, site):
 
 
 def test_cli_defaults_are_the_editors():
-    from interventions.edit_command import LOCATE_DEFAULTS, LORA_DEFAULTS
+    from interventions.editing.edit_cli import LOCATE_DEFAULTS, LORA_DEFAULTS
 
     assert LORA_DEFAULTS == {"max_steps": LoraEditor().max_steps}
     editor = LocateEditor()

@@ -1,4 +1,4 @@
-"""Activation patching (interventions/patching.py and friends), checked the same way on every intervenable adapter.
+"""Activation patching (interventions/patching/grid.py and friends), checked the same way on every intervenable adapter.
 
 The checks of issue 13: full patches reproduce the clean run and empty ones the corrupted run; nnsight writes what
 the torch hooks write; attribution equals exact patching where the metric is linear in the patched activation;
@@ -20,11 +20,9 @@ from PIL import Image
 from gapeval.io import save_items
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable
 from gapeval.models.toy.adapter import ToyAdapter
-from interventions.attribution import attribution_grid, compare, verify_top
 from interventions.judged import judged
-from interventions.pairs import Pair, check_pair, synth_pairs
-from interventions.patch_edit import Condition, condition_patches, edit_records, edit_table, patched_decoding
-from interventions.patching import (
+from interventions.patching.attribution import attribution_grid, compare, verify_top
+from interventions.patching.grid import (
     COMPONENTS,
     Patch,
     Run,
@@ -35,7 +33,15 @@ from interventions.patching import (
     run,
     site_of,
 )
-from interventions.transplant import WHERE, transplant_decodes, transplant_pair, transplant_patches
+from interventions.patching.pairs import Pair, check_pair, synth_pairs
+from interventions.patching.patched_decoding import (
+    Condition,
+    condition_patches,
+    edit_records,
+    edit_table,
+    patched_decoding,
+)
+from interventions.patching.transplant import WHERE, transplant_decodes, transplant_pair, transplant_patches
 
 
 @pytest.fixture(scope="module")

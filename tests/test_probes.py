@@ -23,7 +23,7 @@ from probes.dataset import item_span, world_knowledge_items, world_knowledge_set
 from probes.erase import Where, erased_accuracy, erasing, where
 from probes.erasers import fit_leace, fit_mean_projection, random_eraser
 from probes.linear import control_labels, fold_scores, grouped_folds, layer_probes, majority_share
-from probes.report import plot, table
+from probes.probe_report import plot, table
 
 # --- statistics on synthetic states ----------------------------------------------------------------------
 

@@ -4,19 +4,19 @@ report. ``gapeval study`` is a thin shell over :func:`run_study`.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.paper_study.config import SECTIONS, StudyConfig
-from experiments.paper_study.records import Section, complete, finished, write_json
+from experiments.paper_study.config import StudyConfig
+from experiments.paper_study.records import complete, finished, write_json
+from experiments.paper_study.sections import section_function, section_names
 
 STUDY = "study.json"  # the configuration and every command line that ran in this folder
 
@@ -54,13 +54,6 @@ class Context:
         return path
 
 
-def section_function(name: str) -> Callable[[Context], Section]:
-    """The function of section ``name``: ``NAME_section`` in this package's module of the same purpose
-    (imported only when the section runs)."""
-    module = {"edit": "editing"}.get(name, name)
-    return getattr(importlib.import_module(f"experiments.paper_study.{module}"), f"{name}_section")
-
-
 def check_same_study(path: Path, config: StudyConfig) -> list[str]:
     """The earlier invocations of this study in ``path``'s folder. A folder that holds a study of another
     configuration is refused: its finished sections would be reported as this one's."""
@@ -79,7 +72,7 @@ def run_study(
     config: StudyConfig,
     out: str | Path,
     *,
-    sections: Sequence[str] = SECTIONS,
+    sections: Sequence[str] | None = None,
     argv: Sequence[str] | None = None,
 ) -> Path:
     """Run (or resume) ``sections`` of the study into ``out``; return the path of ``report.md``, which shows
@@ -90,11 +83,13 @@ def run_study(
     import torch
     from tqdm import tqdm
 
-    from experiments.paper_study.report import write_report
+    from experiments.paper_study.study_report import write_report
     from gapeval.suites import get_suite
 
-    if unknown := set(sections) - set(SECTIONS):
-        raise ValueError(f"unknown sections {sorted(unknown)}; expected some of {SECTIONS}")
+    names = section_names()
+    sections = names if sections is None else sections
+    if unknown := set(sections) - set(names):
+        raise ValueError(f"unknown sections {sorted(unknown)}; expected some of {names}")
     torch.set_num_threads(config.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +99,7 @@ def run_study(
     invocations = check_same_study(out / STUDY, config)
     write_json(out / STUDY, {"config": config.to_json(), "invocations": [*invocations, command]})
     start, load = time.perf_counter(), os.getloadavg()
-    for name in (bar := tqdm([s for s in SECTIONS if s in sections], desc="study", unit="section")):
+    for name in (bar := tqdm([s for s in names if s in sections], desc="study", unit="section")):
         bar.set_postfix_str(name)
         section = finished(out / name)
         if section is None:
@@ -120,5 +115,5 @@ def run_study(
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
     }
-    done = [section for name in SECTIONS if (section := finished(out / name)) is not None]
+    done = [section for name in names if (section := finished(out / name)) is not None]
     return write_report(out, config, [*invocations, command], done, runtime)

@@ -54,7 +54,7 @@ def ask_edited(
 def rates(rows: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
     """Und, gen and bridged accuracy, and the share of gen failures bridging recovers, with 95 % bootstrap CIs
     over edits when the rows carry one (an edit's items are not independent), else over items."""
-    from interventions.metrics import estimate
+    from interventions.editing.metrics import estimate
 
     def over(keep: Any, value: Any) -> dict[str, Any]:
         groups: dict[str, list[float]] = {}
@@ -107,10 +107,10 @@ def plot(rows: Sequence[tuple[str, str, dict[str, Any]]], path: Any) -> None:
 
 
 def bridge_section(ctx: Context) -> Section:
-    from experiments.paper_study.editing import make_editor
+    from experiments.paper_study.sections.knowledge_edits import make_editor
     from gapeval.models.base import Intervenable
     from gapeval.synth.world import World
-    from interventions.specs import synth_specs
+    from interventions.editing.specs import synth_specs
 
     sizes, seed = ctx.config.sizes["bridge"], ctx.config.seed
     folder = ctx.folder("bridge")

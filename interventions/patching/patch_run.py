@@ -17,12 +17,19 @@ import numpy as np
 from tqdm import tqdm
 
 from gapeval.models.base import DIRECTIONS, Intervenable
-from interventions import patch_report as report
-from interventions.attribution import attribution_grid, compare, verify_top
-from interventions.pairs import Pair
-from interventions.patch_edit import Condition, edit_records, edit_table
-from interventions.patching import Run, grid, grid_rows, run
-from interventions.transplant import ROUTES, WHERE, judged_arrays, shares, transplant_decodes, transplant_pair
+from interventions.patching import patch_report as report
+from interventions.patching.attribution import attribution_grid, compare, verify_top
+from interventions.patching.grid import Run, grid, grid_rows, run
+from interventions.patching.pairs import Pair
+from interventions.patching.patched_decoding import Condition, edit_records, edit_table
+from interventions.patching.transplant import (
+    ROUTES,
+    WHERE,
+    judged_arrays,
+    shares,
+    transplant_decodes,
+    transplant_pair,
+)
 
 Result = tuple[dict[str, Any], str]
 

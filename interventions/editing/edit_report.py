@@ -40,7 +40,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def group_tables(records: list[dict[str, Any]], groups: dict[str, Any]) -> str:
-    """A table per spec group (``interventions.metrics.summarize_groups`` of ``records``; e.g. inject into known
+    """A table per spec group (``interventions.editing.metrics.summarize_groups`` of ``records``; e.g. inject into known
     vs unseen entities), or "" when specs have no group."""
     sections = []
     for group, summary in groups.items():

@@ -21,8 +21,8 @@ import torch
 from gapeval.models.base import DIRECTIONS, Intervenable
 from interventions.hooks import decoding_rewrite, rewrites
 from interventions.judged import judged
-from interventions.pairs import Pair, prompt_length
-from interventions.patching import COMPONENTS, Patch, Run, grid_rows, run, site_of
+from interventions.patching.grid import COMPONENTS, Patch, Run, grid_rows, run, site_of
+from interventions.patching.pairs import Pair, prompt_length
 
 WHERE = ("span", "end", "prompt")
 

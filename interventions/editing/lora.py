@@ -1,7 +1,7 @@
 """LoRA editing with peft: fine-tune low-rank adapters on the training examples of one direction.
 
 Batch mode trains one adapter for all specs (the paper's setting); single mode (EasyEdit's) is the same call
-with one spec at a time (:func:`interventions.edit.run_edit` does that). On exit the adapter is unloaded
+with one spec at a time (:func:`interventions.editing.edit_run.run_edit` does that). On exit the adapter is unloaded
 without merging, so the frozen base weights were never written. Adapters save and load in peft's format.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from gapeval.items import Item
 from gapeval.models.base import Intervenable
-from interventions.base import (
+from interventions.editing.editor import (
     Edit,
     Editor,
     TrainingBatch,
@@ -29,7 +29,7 @@ from interventions.base import (
     retention_loss,
     training_batches,
 )
-from interventions.specs import EditSpec
+from interventions.editing.specs import EditSpec
 
 
 class LoraEdit(Edit):

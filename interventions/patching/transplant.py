@@ -7,7 +7,7 @@ and 1 is B's run on X. Where A = B this is the grid's residual row at those posi
 the same entity, nothing should change at the embeddings (the tests' check).
 
 The judged counterpart (:func:`transplant_decodes`) lets B *decode* Y's prompt with the same states written in
-its prompt pass (:func:`interventions.patch_edit.patched_decoding`) and judges the answer against X's item (does
+its prompt pass (:func:`interventions.patching.patched_decoding.patched_decoding`) and judges the answer against X's item (does
 it follow what was transplanted?) and Y's own.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from gapeval.models.base import Intervenable
-from interventions.pairs import Pair
-from interventions.patch_edit import judged_pair, patched_decoding
-from interventions.patching import Patch, Run, grid_rows, normalised, patched_ld, run, site_of
+from interventions.patching.grid import Patch, Run, grid_rows, normalised, patched_ld, run, site_of
+from interventions.patching.pairs import Pair
+from interventions.patching.patched_decoding import judged_pair, patched_decoding
 
 WHERE = ("span", "end")
 ROUTES = (("und", "gen"), ("gen", "und"))

@@ -55,10 +55,10 @@ def handler(args: argparse.Namespace) -> int:
     from gapeval.cli import parse_model_args
     from gapeval.models.base import Intervenable
     from gapeval.models.registry import load_model
-    from interventions import patch_study
-    from interventions.pairs import load_pairs, synth_pairs
-    from interventions.patch_edit import default_conditions, parse_condition
-    from interventions.patching import site_of
+    from interventions.patching import patch_run
+    from interventions.patching.grid import site_of
+    from interventions.patching.pairs import load_pairs, synth_pairs
+    from interventions.patching.patched_decoding import default_conditions, parse_condition
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, [], **parse_model_args(args.model_arg))
@@ -86,15 +86,13 @@ def handler(args: argparse.Namespace) -> int:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
     common = {"min_gap": args.min_gap, "max_rows": args.max_rows, "settings": settings}
     if args.mode == "grid":
-        _, text = patch_study.grid_study(model, pairs, args.out, backend=args.backend, top=args.top, **common)
+        _, text = patch_run.grid_study(model, pairs, args.out, backend=args.backend, top=args.top, **common)
     elif args.mode == "transplant":
-        _, text = patch_study.transplant_study(model, pairs, args.out, seed=args.seed, **common)
+        _, text = patch_run.transplant_study(model, pairs, args.out, seed=args.seed, **common)
     elif args.mode == "attribution":
-        _, text = patch_study.attribution_study(model, pairs, args.out, top=args.top, **common)
+        _, text = patch_run.attribution_study(model, pairs, args.out, top=args.top, **common)
     else:
-        _, text = patch_study.edit_study(
-            model, pairs, args.out, conditions, seed=args.seed, settings=settings
-        )
+        _, text = patch_run.edit_study(model, pairs, args.out, conditions, seed=args.seed, settings=settings)
     print(text)
     print(f"wrote {args.out}")
     return 0

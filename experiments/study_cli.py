@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.paper_study.config import SECTIONS
+from experiments.paper_study.sections import section_names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sections",
         nargs="+",
-        choices=SECTIONS,
-        default=list(SECTIONS),
+        choices=section_names(),
+        default=list(section_names()),
         help="run only these sections (default: all)",
     )
     p.add_argument(

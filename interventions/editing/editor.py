@@ -19,7 +19,7 @@ import torch
 
 from gapeval.items import Item
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable, Request, final_hidden
-from interventions.specs import EditSpec
+from interventions.editing.specs import EditSpec
 
 VIA = ("und", "gen", "both")
 

@@ -1,4 +1,4 @@
-"""``gapeval probe``: per-layer probes, transfer and causal erasure of one attribute (probes.study).
+"""``gapeval probe``: per-layer probes, transfer and causal erasure of one attribute (probes.probe_run).
 
 Module-level imports stay light so ``gapeval --help`` does not load torch or scikit-learn.
 """
@@ -54,8 +54,8 @@ def handler(args: argparse.Namespace) -> int:
     from gapeval.cli import parse_model_args
     from gapeval.models.base import Intervenable
     from gapeval.models.registry import load_model
-    from probes.report import plot, table
-    from probes.study import probe_study
+    from probes.probe_report import plot, table
+    from probes.probe_run import probe_study
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, [], **parse_model_args(args.model_arg))

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from gapeval.items import Item
 from gapeval.models.base import ForwardPass, Intervenable, Request
-from interventions.base import (
+from interventions.editing.editor import (
     Edit,
     Editor,
     TrainingBatch,

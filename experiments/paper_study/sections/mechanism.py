@@ -1,7 +1,7 @@
 """Section 5, mechanism: where each direction carries a realm's emblem (activation patching grids), whether one
 direction's states work in the other (transplants), whether a linear probe trained on one direction reads the
 other (transfer), and whether erasing the probed subspace breaks each direction (LEACE vs a random subspace).
-Each is one library call (``interventions.patch_study``, ``probes.study``) at the config's sizes; the paragraphs
+Each is one library call (``interventions.patching.patch_run``, ``probes.probe_run``) at the config's sizes; the paragraphs
 are templated from the numbers with fixed thresholds, so they claim nothing the numbers do not show.
 
 Records: per model, ``mechanism/<model>/{grid,transplant}/`` (the library's ``summary.json`` and ``arrays.npz``),
@@ -46,9 +46,9 @@ def readable(row: str) -> str:
 
 
 def grid_numbers(model: Any, pairs: Sequence[Any], out: Any) -> dict[str, Any]:
-    from interventions.patch_report import row_labels
-    from interventions.patch_study import grid_study
-    from interventions.patching import grid_rows
+    from interventions.patching.grid import grid_rows
+    from interventions.patching.patch_report import row_labels
+    from interventions.patching.patch_run import grid_study
 
     summary, _ = grid_study(model, pairs, out)
     directions = summary["directions"]
@@ -60,7 +60,7 @@ def grid_numbers(model: Any, pairs: Sequence[Any], out: Any) -> dict[str, Any]:
 
 
 def transplant_numbers(model: Any, pairs: Sequence[Any], out: Any, seed: int) -> dict[str, Any]:
-    from interventions.patch_study import transplant_study
+    from interventions.patching.patch_run import transplant_study
 
     summary, _ = transplant_study(model, pairs, out, seed=seed)
     routes = {}
@@ -74,8 +74,8 @@ def transplant_numbers(model: Any, pairs: Sequence[Any], out: Any, seed: int) ->
 
 
 def probe_numbers(model: Any, out: Any, sizes: dict[str, Any], seed: int) -> dict[str, Any]:
-    from probes.report import plot
-    from probes.study import probe_study
+    from probes.probe_report import plot
+    from probes.probe_run import probe_study
 
     result = probe_study(model, sizes["attribute"], sizes["position"], out, seed=seed,
                          limit=sizes["probe_realms"], progress=False)  # fmt: skip
@@ -177,7 +177,7 @@ def finding(spec: str, grid: dict, probe: dict) -> str:
 
 def mechanism_section(ctx: Context) -> Section:
     from gapeval.models.base import Intervenable
-    from interventions.pairs import synth_pairs
+    from interventions.patching.pairs import synth_pairs
 
     sizes, seed = ctx.config.sizes["mechanism"], ctx.config.seed
     folder = ctx.folder("mechanism")

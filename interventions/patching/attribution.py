@@ -17,7 +17,7 @@ import torch
 
 from gapeval.models.base import Intervenable
 from interventions.hooks import Rewrite, rewrites
-from interventions.patching import (
+from interventions.patching.grid import (
     COMPONENTS,
     Patch,
     Run,
@@ -62,7 +62,7 @@ def attribution_grid(
     components: Sequence[str] = COMPONENTS,
     positions: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Estimated normalised metric of every cell of :func:`interventions.patching.grid` (same layout).
+    """Estimated normalised metric of every cell of :func:`interventions.patching.grid.grid` (same layout).
 
     A cell's patch writes both rows (answer a and b) at one position, so its estimate sums both rows' terms.
     """

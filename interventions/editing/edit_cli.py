@@ -81,10 +81,10 @@ def handler(args: argparse.Namespace) -> int:
     from gapeval.models.registry import load_model
     from gapeval.suites import get_suite
     from gapeval.synth.world import World
-    from interventions.edit import build_editor, read_records, run_edit
-    from interventions.edit_report import format_table, group_tables, plot
-    from interventions.metrics import summarize_groups
-    from interventions.specs import load_specs, locality_items, synth_specs
+    from interventions.editing.edit_report import format_table, group_tables, plot
+    from interventions.editing.edit_run import build_editor, read_records, run_edit
+    from interventions.editing.metrics import summarize_groups
+    from interventions.editing.specs import load_specs, locality_items, synth_specs
 
     torch.set_num_threads(args.threads)
     world = World(args.world_seed)

@@ -25,10 +25,10 @@ from gapeval.items import Item
 from gapeval.manifest import build_manifest, check_or_write, write_json_atomic
 from gapeval.models.base import Intervenable, Request
 from gapeval.runner import JudgePlan, append_records, drop_torn_tail
-from interventions.base import Editor
+from interventions.editing.editor import Editor
+from interventions.editing.metrics import BASELINE, summarize_edits
+from interventions.editing.specs import EditSpec
 from interventions.judged import judged
-from interventions.metrics import BASELINE, summarize_edits
-from interventions.specs import EditSpec
 
 CONDITIONS = (BASELINE, "und", "gen", "both")
 RECORDS, TRAINING, SUMMARY, MANIFEST = "records.jsonl", "training.jsonl", "summary.json", "manifest.json"
@@ -49,9 +49,9 @@ def build_editor(
     held apart from the locality items; locate-then-edit takes its key covariance from ``pool``. ``options``
     go to the editor (e.g. ``layers``, ``key_site`` for locate)."""
     from gapeval.synth.world import World
-    from interventions.locate import LocateEditor
-    from interventions.lora import LoraEditor
-    from interventions.specs import retain_items
+    from interventions.editing.locate import LocateEditor
+    from interventions.editing.lora import LoraEditor
+    from interventions.editing.specs import retain_items
 
     retain = retain_items(World(world_seed), specs, locality, n_world=64, n_other=32, seed=seed)
     if method == "lora":

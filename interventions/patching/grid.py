@@ -274,7 +274,7 @@ def grid(
     """Normalised metric of patching each (layer, position) cell from ``clean`` into ``corrupt``.
 
     Returns ``{component: (rows, len(positions))}``; positions default to every prompt position (both prompts
-    have the same length by construction, :func:`interventions.pairs.check_pair`). All components' cells share
+    have the same length by construction, :func:`interventions.patching.pairs.check_pair`). All components' cells share
     the batched passes.
     """
     if clean.prompt_length != corrupt.prompt_length:

@@ -1,5 +1,5 @@
 """Section 2, knowledge inject and edit (the paper's knowledge-manipulation figure): train a new fact in through
-one direction (:func:`interventions.edit.run_edit`, both editors), judge both directions, against the paper's
+one direction (:func:`interventions.editing.edit_run.run_edit`, both editors), judge both directions, against the paper's
 published values.
 
 Records: each run's ``records.jsonl`` (edit × condition × item × direction, written by the library) under
@@ -21,8 +21,8 @@ PUBLISHED_ORDER = ("und", "gen", "baseline")  # the order of the config's publis
 def make_editor(method: str, specs: Sequence[Any], pool: Sequence[Any], seed: int, **options: Any) -> Any:
     """The editor ``gapeval edit --method METHOD`` builds with its defaults (and ``options``, which the printed
     command line states), so that command reproduces a run."""
-    from interventions.edit import build_editor
-    from interventions.specs import locality_items
+    from interventions.editing.edit_run import build_editor
+    from interventions.editing.specs import locality_items
 
     return build_editor(method, specs, locality_items(specs, pool), pool, seed=seed, **options)
 
@@ -111,10 +111,10 @@ def published_table(published: dict[str, Any]) -> str:
 def edit_section(ctx: Context) -> Section:
     from gapeval.models.base import Intervenable
     from gapeval.synth.world import World
-    from interventions.edit import read_records, run_edit
-    from interventions.edit_report import format_table, group_tables, plot
-    from interventions.metrics import summarize_groups
-    from interventions.specs import locality_items, synth_specs
+    from interventions.editing.edit_report import format_table, group_tables, plot
+    from interventions.editing.edit_run import read_records, run_edit
+    from interventions.editing.metrics import summarize_groups
+    from interventions.editing.specs import locality_items, synth_specs
 
     sizes, seed = ctx.config.sizes["edit"], ctx.config.seed
     conditions = list(sizes["conditions"])
