@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from gapeval.cli_args import add_run_arguments, add_summary_arguments
+from gapeval.options import parse_key_values
 
 
 @dataclass
@@ -34,64 +35,7 @@ def register(command: Command) -> Command:
     return command
 
 
-def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
-    """``k=v`` pairs → kwargs; values are read as JSON when they parse (numbers, true/false, null), else strings."""
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {pair!r}")
-        try:
-            kwargs[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key.strip()] = value
-    return kwargs
-
-
 # --- run -------------------------------------------------------------------------------------------------
-
-
-def _summary_arguments(p: argparse.ArgumentParser) -> None:
-    """What every command that writes a run directory shares: the summary's resamples, the progress bar."""
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=1000,
-        help="resamples for the summary's confidence intervals (default: 1000)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def _run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", required=True, help="oracle, toy, toy:VARIANT, janus:PATH, emu3:SPEC, py:MODULE:FACTORY"
-    )
-    p.add_argument(
-        "--suite", default="synth", help="synth, synth:N, public:PATH, hf:PATH, jsonl:PATH (default: synth)"
-    )
-    p.add_argument(
-        "--out", required=True, type=Path, help="run directory (created, or resumed if it holds this run)"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=16, help="items per batch, asked in both directions (default: 16)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="run seed: per-item request seeds derive from it (default: 0)"
-    )
-    p.add_argument(
-        "--model-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="adapter keyword argument, repeatable (e.g. und_error=0.1, device_map=auto)",
-    )
-    p.add_argument(
-        "--limit",
-        type=int,
-        help="evaluate only the first N items in suite order (synth:N is a smaller suite with every category)",
-    )
-    p.add_argument("--edit", help="name of the knowledge edit or adapter applied to the model (recorded)")
-    _summary_arguments(p)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -107,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.limit < 1:
             raise ValueError(f"--limit must be positive, got {args.limit}")
         items, suite_id = items[: args.limit], f"{suite.id}[:{args.limit}]"
-    model_args = parse_model_args(args.model_arg)
+    model_args = parse_key_values(args.model_arg)
     if processes.world > 1 and model_args.get("device_map"):
         raise ValueError(
             "device_map spreads one model over every visible GPU, but under a launcher each process already has "
@@ -144,25 +88,46 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
         "--layout", choices=("gapeval",), default="gapeval", help="output layout (default: gapeval)"
     )
     p.add_argument(
-        "--model-dir", required=True, help="the model's folder inside each data_<id>/ (text.json + image)"
+        "--model-dir",
+        required=True,
+        action="append",
+        help="the model's folder inside each data_<id>/ (text.json + image); repeat it for several models: "
+        "each gets OUT/MODEL_DIR/, and OUT/rows.json holds their rows for `gapeval score`",
     )
-    p.add_argument("--out", required=True, type=Path, help="run directory (created, or resumed)")
-    _summary_arguments(p)
+    p.add_argument(
+        "--out", required=True, type=Path, help="run directory, or the folder of several (created or resumed)"
+    )
+    p.add_argument(
+        "--verdicts",
+        choices=("judge", "release"),
+        default="judge",
+        help="judge: judge the answers with the toolkit's judges (default); release: read the verdicts the "
+        "release's judge wrote to new_res.json beside them (no judge settings, no network)",
+    )
+    p.add_argument(
+        "--image-verdict",
+        choices=("first", "any", "all"),
+        default="first",
+        help="with --verdicts release, which image's verdict counts when a folder holds several: the first by "
+        "name (default, the image the run shows), or right when any / all of them are",
+    )
+    add_summary_arguments(p)
 
 
 def _import(args: argparse.Namespace) -> int:
-    from gapeval.importer import import_outputs
-    from gapeval.report import headline
+    from gapeval.importer import describe_import, import_models
 
-    out = import_outputs(
+    runs = import_models(
         args.data_dir,
         args.model_dir,
         args.out,
         layout=args.layout,
+        verdicts=args.verdicts,
+        image_verdict=args.image_verdict,
         progress=not args.no_progress,
         bootstrap=args.bootstrap,
     )
-    print(headline(out))
+    print(describe_import(runs, args.out))
     return 0
 
 
@@ -227,7 +192,7 @@ def _suite(args: argparse.Namespace) -> int:
     return 0
 
 
-register(Command("run", "evaluate a model on a suite in both directions", _run_arguments, _run))
+register(Command("run", "evaluate a model on a suite in both directions", add_run_arguments, _run))
 register(
     Command(
         "import",

@@ -9,11 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
+from gapeval.cli_args import add_model_arguments, load_model_from_args
 from probes.names import ATTRIBUTES, POSITIONS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="an intervenable model: toy, toy:VARIANT, janus:PATH, ...")
+    add_model_arguments(p, intervenable=True)
     p.add_argument("--attribute", required=True, choices=ATTRIBUTES, help="realm fact to probe for")
     p.add_argument(
         "--position",
@@ -38,29 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="use only the first N realms of the world, for probes and erasure alike (a quick look; default: all)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass (default: 64)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default: 1 — the built-in model's small matmuls only lose from more, up to 20x "
-        "on a busy 2-core machine; raise it for a large model on the CPU)",
-    )
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="adapter argument")
 
 
 def handler(args: argparse.Namespace) -> int:
-    import torch
-
-    from gapeval.cli import parse_model_args
-    from gapeval.models.base import Intervenable
-    from gapeval.models.registry import load_model
     from probes.probe_report import plot, table
     from probes.probe_run import probe_study
 
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, [], **parse_model_args(args.model_arg))
-    if not isinstance(model, Intervenable):
-        raise ValueError(f"model {args.model!r} does not expose the intervention contract")
+    model = load_model_from_args(args, intervenable=True)
     result = probe_study(
         model,
         args.attribute,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gapeval.cli import COMMANDS, Command, build_parser, main, parse_model_args, register
+from gapeval.cli import COMMANDS, Command, build_parser, main, register
+from gapeval.options import parse_key_values as parse_model_args
 from gapeval.rundir import RESULTS, load_records
 
 REPO = Path(__file__).resolve().parents[1]

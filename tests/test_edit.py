@@ -241,10 +241,25 @@ def test_locate_key_sites_read_one_key_per_training_prompt(toy, pool, site):
     assert all(torch.equal(before[k], v) for k, v in toy.module.state_dict().items())
 
 
-def test_cli_defaults_are_the_editors():
-    from interventions.editing.edit_cli import LOCATE_DEFAULTS, LORA_DEFAULTS
+def test_editor_args_are_checked_against_the_editor_fields(pool):
+    from interventions.editing.edit_run import build_editor
+    from interventions.editing.specs import synth_specs
 
-    assert LORA_DEFAULTS == {"max_steps": LoraEditor().max_steps}
-    editor = LocateEditor()
-    assert LOCATE_DEFAULTS == {"layers": "all", "key_site": editor.key_site, "cov_weight": editor.cov_weight}
-    assert editor.layers is None  # "all"
+    specs = synth_specs(World(0), "edit", 2, 0)
+    locate = build_editor("locate", specs, pool[:2], pool[:4], layers=[0, 1], key_site="last")
+    assert (locate.layers, locate.key_site, [i.id for i in locate.corpus]) == (
+        (0, 1),
+        "last",
+        [i.id for i in pool[:4]],
+    )
+    assert build_editor("lora", specs, pool[:2], pool[:4], seed=3, max_steps=7).config()["max_steps"] == 7
+    with pytest.raises(
+        ValueError, match=r"--method lora: unknown --editor-arg max_step; accepted: rank, alpha"
+    ):
+        build_editor("lora", specs, pool[:2], pool[:4], max_step=7)
+    with pytest.raises(ValueError, match=r"--editor-arg max_steps must be an integer, got 'many'"):
+        build_editor("lora", specs, pool[:2], pool[:4], max_steps="many")
+    with pytest.raises(ValueError, match=r"unknown --editor-arg corpus"):  # the experiment's own field
+        build_editor("locate", specs, pool[:2], pool[:4], corpus=[])
+    with pytest.raises(ValueError, match=r"unknown editor 'rome'; expected one of lora, locate"):
+        build_editor("rome", specs, pool[:2], pool[:4])

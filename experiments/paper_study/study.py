@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from experiments.paper_study.config import StudyConfig
 from experiments.paper_study.records import complete, finished, write_json
 from experiments.paper_study.sections import section_function, section_names
+from gapeval.cli_args import command_line
 
 STUDY = "study.json"  # the configuration and every command line that ran in this folder
 
@@ -39,13 +40,32 @@ class Context:
             self._models[spec] = load_model(spec, self.items)
         return self._models[spec]
 
+    def command(
+        self, name: str, add_arguments: Callable[[Any], None], *positional: Any, **values: Any
+    ) -> str:
+        """The command line ``gapeval NAME`` with ``values`` (by option ``dest``), built and checked by that
+        command's real parser. Paths inside the study's folder are written relative to it (the report says
+        to run the commands from there), so no printed command holds an absolute path."""
+
+        def shown(value: Any) -> Any:
+            return os.path.relpath(value, self.out) if isinstance(value, Path) else value
+
+        return command_line(
+            name, add_arguments, [shown(p) for p in positional], **{k: shown(v) for k, v in values.items()}
+        )
+
     def section_command(self, section: str) -> str:
         """The command that runs ``section`` alone with this study's settings (into this output folder)."""
-        models = " ".join(shlex.quote(m) for m in self.config.models)
-        quick = " --quick" if self.config.profile == "quick" else ""
-        return (
-            f"gapeval study{quick} --models {models} --seed {self.config.seed} --sections {section} "
-            f"--out {shlex.quote(str(self.out))}"
+        from experiments.study_cli import add_arguments
+
+        return self.command(
+            "study",
+            add_arguments,
+            quick=self.config.profile == "quick",
+            models=list(self.config.models),
+            seed=self.config.seed,
+            sections=[section],
+            out=self.out,
         )
 
     def folder(self, section: str) -> Path:

@@ -25,7 +25,14 @@ def _section(number: int, section: Section) -> list[str]:
     if section.records:
         lines += ["Records: " + ", ".join(f"[`{r}`]({r})" for r in section.records), ""]
     if section.commands:
-        lines += ["Each number above, on its own:", "", "```bash", *section.commands, "```", ""]
+        lines += [
+            "Each number above, on its own (run from this folder):",
+            "",
+            "```bash",
+            *section.commands,
+            "```",
+            "",
+        ]
     by = f"Run by `{section.command}` in" if section.command else "Section time:"
     lines += [f"*{by} {section.seconds:.0f} s.*", ""]
     return lines

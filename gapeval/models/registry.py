@@ -1,61 +1,101 @@
-"""Model adapters by name, for ``gapeval run --model SPEC``.
+"""Model adapters by name, for ``--model SPEC`` in every command: one registry the CLI, the docs and the tests
+read.
 
-Specs: ``oracle`` (answers from the suite's ground truth), ``toy`` / ``toy:VARIANT`` (the built-in UMM,
-variant ``shared`` by default, e.g. ``toy:decoupled``), ``janus:PATH`` (Janus / Janus-Pro, local or hub path),
-``emu3:SPEC`` (Emu3 chat + generation checkpoints), and ``py:MODULE:FACTORY`` — any importable callable that
-returns an adapter, the way to plug in research-repo models (Show-o, BAGEL, ...) without touching the toolkit.
-Keyword arguments (``--model-arg k=v``; e.g. ``device_map=auto`` for models larger than one GPU) go to the
-adapter's constructor unchanged, after a check against its signature (names, and numbers where it takes
-numbers), so a typo is one line naming the accepted keys, not a traceback. Adapters are imported only when
-named, so unused backends cost nothing.
+A spec is ``NAME`` or ``NAME:REST``; :data:`MODELS` maps ``NAME`` to a :class:`ModelEntry` whose factory
+(``"module:attribute"``, imported only when named, so unused backends cost nothing) builds the adapter from
+``REST``. ``py:MODULE:FACTORY`` plugs in any importable callable that returns an adapter — the way to bring
+research-repo models (BAGEL, OmniGen2, Show-o, ...) without touching the toolkit (docs/adapters.md).
+Keyword arguments (``--model-arg k=v``; e.g. ``device_map=auto``) go to the factory after a check against
+the signature of the entry's ``checked`` target, so a typo is one line naming the accepted keys.
+Adding a model is one module with a factory and one :data:`MODELS` line (or :func:`register_model`).
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-import types
-import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gapeval.items import Item
 from gapeval.models.base import UMM
+from gapeval.options import check_options
 
-KNOWN = "oracle, toy, toy:VARIANT, janus:PATH, emu3:SPEC, py:MODULE:FACTORY"
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model family. ``rest``: whether the spec's ``:REST`` is ``required``, ``optional`` or ``none``."""
+
+    form: str  # how a spec of this family is written, for help texts and docs
+    factory: str | Callable[..., UMM]  # "module:attr[.attr]" or a callable: factory(REST, **kwargs)
+    help: str
+    rest: str = "required"
+    takes_items: bool = False  # the factory gets the suite's items first (the oracle answers from them)
+    checked: str | None = None  # "module:attr" whose signature --model-arg keys are checked against
 
 
-def load_model(spec: str, items: Sequence[Item], **kwargs: Any) -> UMM:
+MODELS: dict[str, ModelEntry] = {
+    "oracle": ModelEntry(
+        "oracle",
+        "gapeval.models.oracle:OracleAdapter",
+        "answers from the suite's ground truth with set error rates",
+        rest="none",
+        takes_items=True,
+        checked="gapeval.models.oracle:OracleAdapter",
+    ),
+    "toy": ModelEntry(
+        "toy[:VARIANT]",
+        "gapeval.models.toy:load_toy",
+        "the built-in UMM (shared, decoupled, VARIANT@STEP, VARIANT@seedN or a checkpoint folder)",
+        rest="optional",
+        checked="gapeval.models.toy.adapter:ToyAdapter",
+    ),
+    "janus": ModelEntry("janus:PATH", "gapeval.models.janus:JanusAdapter.from_spec", "Janus / Janus-Pro"),
+    "emu3": ModelEntry("emu3:SPEC", "gapeval.models.emu3:Emu3Adapter.from_spec", "Emu3 chat + generation"),
+    "py": ModelEntry("py:MODULE:FACTORY", "gapeval.models.registry:plugin", "any importable adapter factory"),
+}
+
+
+def register_model(name: str, entry: ModelEntry) -> None:
+    """Add (or replace) a model family."""
+    MODELS[name] = entry
+
+
+def model_forms() -> str:
+    """Every spec form, for ``--model`` help texts and error messages."""
+    return ", ".join(entry.form for entry in MODELS.values())
+
+
+def resolve(target: str | Callable[..., Any]) -> Any:
+    """``"module:attr.attr"`` → the object (a callable passes through)."""
+    if callable(target):
+        return target
+    module, _, path = target.partition(":")
+    value: Any = importlib.import_module(module)
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def load_model(spec: str, items: Sequence[Item] = (), **kwargs: Any) -> UMM:
     """Build the adapter named by ``spec``; ``items`` is the suite (only the oracle needs it)."""
-    kind, _, rest = spec.partition(":")
-    if kind == "oracle" and not rest:
-        from gapeval.models.oracle import OracleAdapter
-
-        check_kwargs(OracleAdapter, kwargs, spec)
-        return OracleAdapter(items, **kwargs)
-    if kind == "toy":
-        from gapeval.models.toy import load_toy
-        from gapeval.models.toy.adapter import ToyAdapter
-
-        check_kwargs(ToyAdapter, kwargs, spec)
-        return load_toy(variant=rest or "shared", **kwargs)
-    if kind == "janus" and rest:
-        from gapeval.models.janus import JanusAdapter
-
-        return JanusAdapter.from_spec(rest, **kwargs)
-    if kind == "emu3" and rest:
-        from gapeval.models.emu3 import Emu3Adapter
-
-        return Emu3Adapter.from_spec(rest, **kwargs)
-    if kind == "py" and rest.count(":") == 1:
-        factory = _plugin_factory(*rest.split(":"))
-        check_kwargs(factory, kwargs, spec)
-        return factory(**kwargs)
-    raise ValueError(f"unknown model {spec!r}; expected one of {KNOWN}")
+    name, _, rest = spec.partition(":")
+    entry = MODELS.get(name)
+    if entry is None or (entry.rest == "none" and rest) or (entry.rest == "required" and not rest):
+        raise ValueError(f"unknown model {spec!r}; expected one of {model_forms()}")
+    if entry.checked is not None:
+        kwargs = check_options(resolve(entry.checked), kwargs, f"--model {spec}")
+    factory = resolve(entry.factory)
+    args = (list(items),) if entry.takes_items else ()
+    return factory(*args, rest, **kwargs) if entry.rest != "none" else factory(*args, **kwargs)
 
 
-def _plugin_factory(module: str, name: str) -> Callable[..., UMM]:
+def plugin(rest: str, **kwargs: Any) -> UMM:
+    """``py:MODULE:FACTORY``: the adapter ``MODULE.FACTORY(**kwargs)`` returns."""
     form = "py:MODULE:FACTORY, MODULE importable (on PYTHONPATH) and FACTORY a callable in it"
+    module, sep, name = rest.partition(":")
+    if not sep or ":" in name:
+        raise ValueError(f"unknown model 'py:{rest}'; expected {form}")
     try:
         factory = getattr(importlib.import_module(module), name)
     except ImportError as exc:
@@ -64,49 +104,4 @@ def _plugin_factory(module: str, name: str) -> Callable[..., UMM]:
         raise ValueError(f"py:{module}:{name}: module {module!r} has no {name!r}; expected {form}") from None
     if not callable(factory):
         raise ValueError(f"py:{module}:{name}: {name!r} is not callable; expected {form}")
-    return factory
-
-
-def check_kwargs(target: Callable[..., Any], kwargs: dict[str, Any], spec: str) -> None:
-    """Refuse ``--model-arg`` keys that ``target`` does not take, and non-numbers where it takes a number.
-
-    The accepted keys are ``target``'s keyword parameters with defaults (the rest, such as the suite or the
-    checkpoint, come from the spec); a target taking ``**kwargs`` accepts any key.
-    """
-    function = target.__init__ if inspect.isclass(target) else target
-    params = inspect.signature(target).parameters.values()
-    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    accepted = [p.name for p in params if p.kind in keywords and p.default is not p.empty]
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise ValueError(
-                f"--model {spec}: unknown --model-arg {', '.join(unknown)}; accepted: {', '.join(accepted)}"
-            )
-    try:
-        hints = typing.get_type_hints(function)
-    except Exception:  # an annotation that does not resolve: leave the types to the adapter
-        hints = {}
-    for key, value in kwargs.items():
-        wanted = _numeric(hints.get(key))
-        if wanted and not _is_number(value, wanted):
-            kind = "an integer" if float not in wanted else "a number"
-            optional = " or null" if type(None) in wanted else ""
-            raise ValueError(f"--model {spec}: --model-arg {key} must be {kind}{optional}, got {value!r}")
-
-
-def _numeric(hint: Any) -> set[type] | None:
-    """The types a numeric parameter accepts (int/float, maybe None), or None when it is not numeric."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    members = set(typing.get_args(hint)) if union else {hint}
-    if not members & {int, float} or not members <= {int, float, type(None)}:
-        return None
-    return members
-
-
-def _is_number(value: Any, wanted: set[type]) -> bool:
-    if value is None:
-        return type(None) in wanted
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return float in wanted or float(value).is_integer()
+    return factory(**check_options(factory, kwargs, f"--model py:{rest}"))

@@ -8,17 +8,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Literal copies of the editors' defaults (building the parser must not import torch).
-LOCATE_DEFAULTS = {"layers": "all", "key_site": "answer", "cov_weight": 1e3}
-LORA_DEFAULTS = {"max_steps": 150}
+from gapeval.cli_args import add_model_arguments, load_model_from_args
+from interventions.editing import editor_names
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="an intervenable model: toy, toy:VARIANT, janus:PATH, ...")
+    add_model_arguments(p, intervenable=True)
     p.add_argument("--kind", choices=("inject", "edit"), default="edit", help="synth specs to generate")
     p.add_argument("--edits", type=int, default=20, help="number of synth specs (default: 20)")
     p.add_argument("--edits-file", type=Path, help="user-written specs (JSONL; see docs/editing.md) instead")
-    p.add_argument("--method", choices=("lora", "locate"), default="lora", help="editor (default: lora)")
+    p.add_argument("--method", choices=editor_names(), default="lora", help="editor (default: lora)")
+    p.add_argument(
+        "--editor-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="editor setting, repeatable, checked against the editor's fields (e.g. max_steps=60 for lora; "
+        "layers=[0,1], key_site=subject for locate; docs/editing.md lists them)",
+    )
     p.add_argument(
         "--mode", choices=("batch", "single"), default="batch", help="one edit for all specs, or one per spec"
     )
@@ -38,47 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--locality-other", type=int, default=8, help="locality items per other category (default: 8)"
     )
-    p.add_argument(
-        "--max-steps",
-        type=int,
-        default=LORA_DEFAULTS["max_steps"],
-        help="lora: optimiser steps per edit at most (default: 150; fewer stop when every target leads)",
-    )
-    p.add_argument(
-        "--layers",
-        default=LOCATE_DEFAULTS["layers"],
-        help="locate: edited layers, comma-separated, or all (default: all)",
-    )
-    p.add_argument(
-        "--key-site",
-        choices=("answer", "last", "subject"),
-        default=LOCATE_DEFAULTS["key_site"],
-        help="locate: where keys are read (default: answer)",
-    )
-    p.add_argument(
-        "--cov-weight",
-        type=float,
-        default=LOCATE_DEFAULTS["cov_weight"],
-        help="locate: λ of the key covariance",
-    )
-    p.add_argument(
-        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="adapter keyword argument"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default: 1; the toy's tensors are too small for more)",
-    )
     p.add_argument("--out", required=True, type=Path, help="experiment directory (created, or resumed)")
 
 
 def handler(args: argparse.Namespace) -> int:
-    import torch
-
-    from gapeval.cli import parse_model_args
-    from gapeval.models.base import Intervenable
-    from gapeval.models.registry import load_model
+    from gapeval.options import parse_key_values
     from gapeval.suites import get_suite
     from gapeval.synth.world import World
     from interventions.editing.edit_report import format_table, group_tables, plot
@@ -86,7 +57,6 @@ def handler(args: argparse.Namespace) -> int:
     from interventions.editing.metrics import summarize_groups
     from interventions.editing.specs import load_specs, locality_items, synth_specs
 
-    torch.set_num_threads(args.threads)
     world = World(args.world_seed)
     specs = (
         load_specs(args.edits_file)
@@ -94,15 +64,9 @@ def handler(args: argparse.Namespace) -> int:
         else synth_specs(world, args.kind, args.edits, args.seed)
     )
     pool = get_suite(args.suite).items
-    model = load_model(args.model, pool, **parse_model_args(args.model_arg))
-    if not isinstance(model, Intervenable):
-        raise ValueError(f"model {args.model!r} does not expose the intervention contract")
+    model = load_model_from_args(args, pool, intervenable=True)
     locality = locality_items(specs, pool, args.locality_world, args.locality_other)
-    if args.method == "locate":
-        layers = None if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
-        options = {"layers": layers, "key_site": args.key_site, "cov_weight": args.cov_weight}
-    else:
-        options = {"max_steps": args.max_steps}
+    options = parse_key_values(args.editor_arg, "--editor-arg")
     editor = build_editor(
         args.method, specs, locality, pool, seed=args.seed, world_seed=args.world_seed, **options
     )

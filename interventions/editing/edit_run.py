@@ -11,6 +11,7 @@ another model, spec set or editor is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,20 +46,26 @@ def build_editor(
     world_seed: int = 0,
     **options: Any,
 ) -> Editor:
-    """The editor ``gapeval edit --method METHOD`` builds: both keep the unedited model's answers to synth items
-    held apart from the locality items; locate-then-edit takes its key covariance from ``pool``. ``options``
-    go to the editor (e.g. ``layers``, ``key_site`` for locate)."""
+    """The editor ``gapeval edit --method METHOD`` builds, from the registry (:data:`interventions.editing.EDITORS`).
+
+    The experiment supplies the fields it owns, where the editor has them: ``seed``, ``retain`` (the unedited
+    model's answers to synth items held apart from the locality items, to rehearse) and ``corpus`` (``pool``,
+    e.g. locate's key covariance). ``options`` (``--editor-arg``) set the other fields, checked against them."""
+    from gapeval.options import check_options
     from gapeval.synth.world import World
-    from interventions.editing.locate import LocateEditor
-    from interventions.editing.lora import LoraEditor
+    from interventions.editing import editor_class
     from interventions.editing.specs import retain_items
 
-    retain = retain_items(World(world_seed), specs, locality, n_world=64, n_other=32, seed=seed)
-    if method == "lora":
-        return LoraEditor(seed=seed, retain=retain, **options)
-    if method == "locate":
-        return LocateEditor(corpus=pool, retain=retain, **options)
-    raise ValueError(f"unknown editor {method!r}; expected lora or locate")
+    cls = editor_class(method)
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    supplied = {"seed": seed, "corpus": pool}
+    if "retain" in names:
+        supplied["retain"] = retain_items(
+            World(world_seed), specs, locality, n_world=64, n_other=32, seed=seed
+        )
+    reserved = {"seed", "retain", "corpus", "name"}
+    options = check_options(cls, options, f"--method {method}", "--editor-arg", reserved=reserved)
+    return cls(**{k: v for k, v in supplied.items() if k in names}, **options)
 
 
 def _output(answer: Any) -> str | None:

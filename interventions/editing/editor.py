@@ -55,6 +55,10 @@ class Editor(ABC):
     def apply(self, model: Intervenable, specs: Sequence[EditSpec], via: str) -> AbstractContextManager[Edit]:
         """Edit ``model`` with ``specs`` trained through ``via`` inside the block; restore it on exit."""
 
+    @abstractmethod
+    def load(self, model: Intervenable, path: str | Path) -> AbstractContextManager[Any]:
+        """Apply an edit saved by :meth:`Edit.save` inside the block; restore the model on exit."""
+
 
 @dataclass
 class TrainingBatch:

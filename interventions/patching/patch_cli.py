@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gapeval.cli_args import add_model_arguments, load_model_from_args
+
 MODES = ("grid", "transplant", "attribution", "edit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", required=True, help="an intervenable model: toy, toy:VARIANT, janus:PATH, py:..."
-    )
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="adapter keyword")
+    add_model_arguments(p, intervenable=True)
     p.add_argument("--mode", choices=MODES, default="grid", help="what to measure (default: grid)")
     p.add_argument("--pairs", type=int, default=10, help="number of synth realm pairs (default: 10)")
     p.add_argument("--out", required=True, type=Path, help="output folder (arrays.npz, summary.json, PNGs)")
@@ -46,24 +45,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="edit mode: patch to decode with, e.g. resid:0:span (WHERE: span, end, prompt); repeatable; "
         "default: none plus the residual stream at the span and the end, every layer",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
 
 
 def handler(args: argparse.Namespace) -> int:
-    import torch
-
-    from gapeval.cli import parse_model_args
-    from gapeval.models.base import Intervenable
-    from gapeval.models.registry import load_model
     from interventions.patching import patch_run
     from interventions.patching.grid import site_of
     from interventions.patching.pairs import load_pairs, synth_pairs
     from interventions.patching.patched_decoding import default_conditions, parse_condition
 
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, [], **parse_model_args(args.model_arg))
-    if not isinstance(model, Intervenable):
-        raise ValueError(f"{args.model}: the adapter is not intervenable (gapeval.models.base.Intervenable)")
+    model = load_model_from_args(args, intervenable=True)
     conditions = [parse_condition(c) for c in args.condition] or default_conditions(model)
     for condition in conditions if args.mode == "edit" else []:  # checked before any pair is built
         if condition.component is not None:

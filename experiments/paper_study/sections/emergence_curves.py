@@ -14,6 +14,7 @@ curve divided by its span). Records: ``emergence/emergence.jsonl`` (every log ro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from experiments.paper_study.records import Section, markdown_table, num, read_jsonl, slug, unit, write_jsonl
 from experiments.paper_study.study import Context
 from experiments.paper_study.toy_runs import TrainingRun, training_runs
+from gapeval.cli_args import add_run_arguments
 
 COMPARED = ("n", "n11", "n10", "n01", "n00", "und_acc", "gen_acc", "kappa", "gap_reference", "gap_identified")
 
@@ -82,18 +84,37 @@ def spot_check(
     return {
         "run": run.label,
         "step": step,
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint_spec(ctx, run, step, checkpoint),
         "run_dir": str(out.relative_to(ctx.out)),
         "logged": logged,
         "measured": measured,
         "match": measured == logged,
-        "command": f"gapeval run --model toy:{checkpoint} --suite synth --seed 0 --out {out}"
+        "command": ctx.command(
+            "run",
+            add_run_arguments,
+            model=checkpoint_spec(ctx, run, step, checkpoint),
+            suite="synth",
+            seed=0,
+            out=out,
+            bootstrap=0,
+        )
         + (
             ""
             if suite_id == "synth"
             else f"  # the log's items: gapeval.models.toy.emergence.eval_items({row['n']})"
         ),
     }
+
+
+def checkpoint_spec(ctx: Context, run: TrainingRun, step: int, checkpoint: Path) -> str:
+    """A model spec for one checkpoint of ``run``: the shipped name where there is one (``toy:VARIANT@STEP``
+    for seed 0's checkpoints, ``toy:VARIANT@seedN`` for another seed's final one), else ``toy:PATH`` relative
+    to the study's folder."""
+    if run.seed == 0:
+        return f"{run.spec}@{step}"
+    if run.seed is not None and max(run.checkpoints()) == step:
+        return run.spec
+    return f"toy:{os.path.relpath(checkpoint, ctx.out)}"
 
 
 def plot(curves: dict[str, list[dict[str, Any]]], path: Path, threshold: float) -> None:

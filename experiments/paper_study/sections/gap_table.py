@@ -14,6 +14,7 @@ from typing import Any
 from experiments.paper_study.records import Section, markdown_table, num, slug, with_ci, write_jsonl
 from experiments.paper_study.study import Context
 from experiments.paper_study.toy_runs import training_runs
+from gapeval.cli_args import add_run_arguments
 from gapeval.items import CATEGORIES
 
 ORDER = (*CATEGORIES, "overall")
@@ -72,9 +73,9 @@ def expected_gap(row: Sequence[float], sizes: Sequence[int], seed: int, draws: i
 
 
 def oracle_spec(params: dict[str, float], seed: int) -> tuple[str, list[str]]:
-    """A label and the ``--model-arg`` flags of one oracle."""
+    """A label and the ``--model-arg`` values of one oracle."""
     args = [f"{k}={params[k]}" for k in ("und_error", "gen_error", "correlation")] + [f"seed={seed}"]
-    return "oracle(" + ", ".join(args[:3]) + ")", [f"--model-arg {a}" for a in args]
+    return "oracle(" + ", ".join(args[:3]) + ")", args
 
 
 def summary_rows(label: str, source: str, summary: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
@@ -150,9 +151,7 @@ def gap_section(ctx: Context) -> Section:
     for spec, source in _models(ctx):
         out = folder / slug(spec)
         run(ctx.model(spec), ctx.items, out, suite_id=ctx.suite_id, seed=seed, bootstrap=sizes["bootstrap"])
-        runs.append(
-            (spec, source, out, f"gapeval run --model {spec} --suite {ctx.config.suite} --seed {seed}")
-        )
+        runs.append((spec, source, out, {"model": spec}))
     per_category = list(Counter(i.category for i in ctx.items).values())
     calibration: dict[str, dict[str, Any]] = {}
     for params in ctx.config.oracles[: sizes.get("oracles")]:
@@ -161,15 +160,24 @@ def gap_section(ctx: Context) -> Section:
         model = OracleAdapter(ctx.items, **params, seed=seed)
         run(model, ctx.items, out, suite_id=ctx.suite_id, seed=seed, bootstrap=sizes["bootstrap"])
         calibration[label] = expected_gap(oracle_rows(**params), per_category, seed)
-        command = f"gapeval run --model oracle {' '.join(flags)} --suite {ctx.config.suite} --seed {seed}"
-        runs.append((label, "oracle (known gap)", out, command))
-    for label, source, out, command in runs:
+        runs.append((label, "oracle (known gap)", out, {"model": "oracle", "model_arg": flags}))
+    for label, source, out, model in runs:
         summary = read_summary(out)
         rel = out.relative_to(ctx.out)
         rows += summary_rows(
             label, source, summary, run_dir=str(rel), seed=seed, expected_gap=calibration.get(label)
         )
-        section.commands.append(f"{command} --out {out}")
+        section.commands.append(
+            ctx.command(
+                "run",
+                add_run_arguments,
+                **model,
+                suite=ctx.config.suite,
+                seed=seed,
+                out=out,
+                bootstrap=sizes["bootstrap"],
+            )
+        )
         section.table(f"{label}: per category (`{rel}/results.jsonl`)", run_table(summary))
     for model, gaps in ctx.config.published["gap"].items():
         rows += [

@@ -8,11 +8,13 @@ Records: each run's ``records.jsonl`` (edit × condition × item × direction, w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from experiments.paper_study.records import Section, markdown_table, num, slug, with_ci, write_jsonl
 from experiments.paper_study.study import Context
+from interventions.editing.edit_cli import add_arguments as edit_arguments
 
 LABELS = {"baseline": "Baseline", "und": "Train-on-Und", "gen": "Train-on-Gen", "both": "Train-on-Both"}
 PUBLISHED_ORDER = ("und", "gen", "baseline")  # the order of the config's published triples
@@ -158,9 +160,18 @@ def edit_section(ctx: Context) -> Section:
                 section.figure(title, out / "edit.png", ctx.out)
                 section.records.append(f"{rel}/records.jsonl")
                 section.commands.append(
-                    f"gapeval edit --model {spec} --kind {kind} --edits {len(specs)} --method {method} "
-                    f"--conditions {','.join(conditions)} --seed {seed} --out {out}"
-                    + (f" --max-steps {options['max_steps']}" if options else "")
+                    ctx.command(
+                        "edit",
+                        edit_arguments,
+                        model=spec,
+                        kind=kind,
+                        edits=len(specs),
+                        method=method,
+                        conditions=",".join(conditions),
+                        seed=seed,
+                        out=out,
+                        editor_arg=[f"{k}={json.dumps(v)}" for k, v in options.items()],
+                    )
                 )
                 section.findings.append(_finding(spec, kind, method, summary))
                 section.findings += [

@@ -15,6 +15,8 @@ from typing import Any
 
 from experiments.paper_study.records import Section, num, slug, unit, write_json, write_jsonl
 from experiments.paper_study.study import Context
+from interventions.patching.patch_cli import add_arguments as patch_arguments
+from probes.probe_cli import add_arguments as probe_arguments
 
 CARRIED = 0.3  # a normalised patching effect at or above this counts as carrying the answer
 
@@ -214,12 +216,28 @@ def mechanism_section(ctx: Context) -> Section:
                 )
         section.figure(f"`{spec}`: probes and erasure", base / "probe" / "probe.png", ctx.out)
         section.commands += [
-            f"gapeval patch --model {spec} --pairs {sizes['pairs']} --mode {mode} --seed {seed} --out {base / mode}"
+            ctx.command(
+                "patch",
+                patch_arguments,
+                model=spec,
+                pairs=sizes["pairs"],
+                mode=mode,
+                seed=seed,
+                out=base / mode,
+            )
             for mode in ("grid", "transplant")
         ] + [
-            f"gapeval probe --model {spec} --attribute {sizes['attribute']} --position {sizes['position']} "
-            f"--limit {sizes['probe_realms']} --seed {seed} --out {base / 'probe'}"
-        ]  # fmt: skip
+            ctx.command(
+                "probe",
+                probe_arguments,
+                model=spec,
+                attribute=sizes["attribute"],
+                position=sizes["position"],
+                limit=sizes["probe_realms"],
+                seed=seed,
+                out=base / "probe",
+            )
+        ]
     write_jsonl(folder / "mechanism.jsonl", records)
     section.records.append("mechanism/mechanism.jsonl")
     return section
