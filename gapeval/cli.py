@@ -216,33 +216,68 @@ register(Command("suite", "suite utilities (export)", _suite_arguments, _suite))
 
 # Literal copies of TrainConfig's defaults: building the parser must not import torch (tests check they agree).
 TRAIN_DEFAULTS = {"steps": 24000, "seed": 0, "threads": 1}
+# Training-condition flags: (flag, TrainConfig field, type, help). Each overrides --config only when given.
+TRAIN_KNOBS = (
+    ("--engine", "engine", str, "how a step is computed: reference (the shipped recipe's bytes) or packed "
+     "(the fast path: the same loss in another float order, a recipe change)"),
+    ("--n-realms", "n_realms", int, "taught realms (default 48; more add realms, the default world stays)"),
+    ("--pictured-share", "pictured_share", float, "share of realms whose emblem is drawn in training (0.5)"),
+    ("--consistency", "consistency", float, "mixture weight of the text-then-draw consistency task (0 = off)"),
+    ("--d-model", "d_model", int, "model width (default 128)"),
+    ("--n-layers", "n_layers", int, "model depth (default 4)"),
+    ("--n-heads", "n_heads", int, "attention heads (default 4)"),
+)
+
+
+class _Given(argparse.Action):
+    """Store the value and note that it was given, so it overrides the --config file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = [*namespace.given, self.dest]
 
 
 def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
     d = TRAIN_DEFAULTS
+    p.set_defaults(given=[])
     p.add_argument(
-        "--variant", choices=("shared", "decoupled"), default="shared", help="model family to train"
+        "--variant",
+        choices=("shared", "decoupled", "pair"),
+        default="shared",
+        action=_Given,
+        help="architecture: shared, decoupled, or pair (two models of one size, und-only and gen-only)",
     )
     p.add_argument("--out", type=Path, help="output folder (default: runs/toy-VARIANT)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help="training settings (any TrainConfig field); flags given on the command line override it",
+    )
     p.add_argument(
         "--steps",
         type=int,
         default=d["steps"],
-        help=f"optimiser steps (default: {d['steps']}; ignored with --quick)",
+        action=_Given,
+        help=f"optimiser steps (default: {d['steps']})",
     )
-    p.add_argument("--seed", type=int, default=d["seed"], help=f"training seed (default: {d['seed']})")
+    p.add_argument("--seed", type=int, default=d["seed"], action=_Given, help=f"training seed (default: {d['seed']})")
     p.add_argument(
         "--threads",
         type=int,
         default=d["threads"],
+        action=_Given,
         help=f"torch threads (default: {d['threads']}, which reproduces the shipped checkpoints; the weights depend on it)",
     )
+    for flag, dest, kind, text in TRAIN_KNOBS:
+        p.add_argument(flag, dest=dest, type=kind, action=_Given, help=text)
     p.add_argument("--quick", action="store_true", help="a tiny model in seconds (for tests, not accuracy)")
     p.add_argument(
         "--eval-every",
         type=int,
         default=0,
         metavar="N",
+        action=_Given,
         help="evaluate on the synth suite at step 0 and every N steps, appending to OUT/emergence.jsonl "
         "(default: never; the checkpoints are the same either way)",
     )
@@ -262,15 +297,14 @@ def _train_toy(args: argparse.Namespace) -> int:
     if args.resume:
         print(resume(args.resume, progress=not args.no_progress))
         return 0
-    if args.steps < 1 and not args.quick:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
-    if args.eval_every < 0:
-        raise ValueError(f"--eval-every must be 0 (never) or positive, got {args.eval_every}")
-    cfg = (
-        TrainConfig.quick(args.variant) if args.quick else TrainConfig(variant=args.variant, steps=args.steps)
-    )
-    cfg.seed, cfg.threads, cfg.eval_every = args.seed, args.threads, args.eval_every
-    print(train(cfg, args.out or Path("runs") / f"toy-{args.variant}", progress=not args.no_progress))
+    base = TrainConfig.quick() if args.quick else TrainConfig()
+    cfg = base.updated(TrainConfig.read(args.config) if args.config else {})
+    cfg = cfg.updated({dest: getattr(args, dest) for dest in args.given})
+    if cfg.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {cfg.steps}")
+    if cfg.eval_every < 0:
+        raise ValueError(f"--eval-every must be 0 (never) or positive, got {cfg.eval_every}")
+    print(train(cfg, args.out or Path("runs") / f"toy-{cfg.variant}", progress=not args.no_progress))
     return 0
 
 

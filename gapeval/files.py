@@ -71,22 +71,41 @@ class JsonlError(ValueError):
 
 
 def read_jsonl(
-    path: str | Path, *, missing_ok: bool = False, torn_tail_ok: bool = False
+    path: str | Path,
+    *,
+    missing_ok: bool = False,
+    torn_tail_ok: bool = False,
+    error: ErrorFactory | None = None,
 ) -> list[dict[str, Any]]:
     """Every record of a JSONL file, in order; blank lines are skipped.
 
-    A line that is not a JSON object raises :class:`JsonlError` naming ``path:line``. ``torn_tail_ok`` ignores
-    an unterminated last line (an append cut short by a kill), which resumable logs may hold; ``missing_ok``
-    reads a missing file as empty.
+    A line that is not a JSON object raises :class:`JsonlError` naming ``path:line`` (or what ``error``
+    makes of the path, the line number and the problem). ``torn_tail_ok`` ignores an unterminated last line
+    (an append cut short by a kill), which resumable logs may hold; ``missing_ok`` reads a missing file as
+    empty.
     """
-    return [record for _, record in numbered_jsonl(path, missing_ok=missing_ok, torn_tail_ok=torn_tail_ok)]
+    rows = numbered_jsonl(path, missing_ok=missing_ok, torn_tail_ok=torn_tail_ok, error=error)
+    return [record for _, record in rows]
+
+
+ErrorFactory = Callable[[Path, int, str], Exception]
+
+
+def _jsonl_error(path: Path, number: int, problem: str) -> Exception:
+    return JsonlError(f"{path}:{number}: {problem}")
 
 
 def numbered_jsonl(
-    path: str | Path, *, missing_ok: bool = False, torn_tail_ok: bool = False
-) -> list[tuple[int, dict[str, Any]]]:
-    """As :func:`read_jsonl`, with each record's 1-based line number (for errors that point into the file)."""
-    path = Path(path)
+    path: str | Path,
+    *,
+    missing_ok: bool = False,
+    torn_tail_ok: bool = False,
+    error: ErrorFactory | None = None,
+    objects_only: bool = True,
+) -> list[tuple[int, Any]]:
+    """As :func:`read_jsonl`, with each record's 1-based line number, for readers whose later checks point
+    into the file. ``objects_only=False`` leaves the check that a line is an object to the caller."""
+    path, error = Path(path), error or _jsonl_error
     if missing_ok and not path.exists():
         return []
     data = path.read_bytes()
@@ -99,8 +118,8 @@ def numbered_jsonl(
         try:
             record = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise JsonlError(f"{path}:{number}: not a JSON line ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise JsonlError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise error(path, number, f"not a JSON line ({err.msg})") from None
+        if objects_only and not isinstance(record, dict):
+            raise error(path, number, f"expected a JSON object, got {type(record).__name__}")
         rows.append((number, record))
     return rows

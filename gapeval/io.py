@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from gapeval.files import atomic_write, numbered_jsonl
 from gapeval.items import Item, ItemError, validate_item
 
 ITEMS_FILE = "items.jsonl"
@@ -130,10 +130,7 @@ def save_items(items: Iterable[Item], folder: str | Path) -> Path:
                 to_rgb(image).save(folder / relative, format="PNG")
                 record[field] = relative
         lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text("".join(lines), encoding="utf-8")
-    os.replace(partial, target)
-    return target
+    return atomic_write(target, "".join(lines))
 
 
 def _item_from_line(record: Any, base: Path, where: str) -> Item:
@@ -179,25 +176,22 @@ def load_items(folder_or_jsonl: str | Path) -> list[Item]:
         raise FileNotFoundError(f"no suite file at {jsonl}")
     items: list[Item] = []
     first_line: dict[str, int] = {}
-    with jsonl.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{jsonl}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ItemError(f"malformed JSON: {err}", file=where) from None
-            item = _item_from_line(record, jsonl.parent, where)
-            if item.id in first_line:
-                raise ItemError(
-                    f"duplicate id (first on line {first_line[item.id]})",
-                    file=where,
-                    item=item.id,
-                    field="id",
-                )
-            first_line[item.id] = number
-            items.append(item)
+
+    def malformed(path: Path, number: int, problem: str) -> ItemError:
+        return ItemError(f"malformed JSON: {problem}", file=f"{path}:{number}")
+
+    for number, record in numbered_jsonl(jsonl, error=malformed, objects_only=False):
+        where = f"{jsonl}:{number}"
+        item = _item_from_line(record, jsonl.parent, where)
+        if item.id in first_line:
+            raise ItemError(
+                f"duplicate id (first on line {first_line[item.id]})",
+                file=where,
+                item=item.id,
+                field="id",
+            )
+        first_line[item.id] = number
+        items.append(item)
     return items
 
 

@@ -8,11 +8,12 @@ recorded but may change between sessions, since they do not change which answers
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from gapeval.files import write_json_atomic
 
 IDENTITY = ("model", "suite", "seed", "edit", "judges")
 PACKAGES = {
@@ -95,14 +96,3 @@ def check_or_write(path: Path, manifest: dict[str, Any], *, write: bool = True) 
         return
     if write:
         write_json_atomic(path, manifest)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""The files of a run directory (DESIGN.md, "Run directory") and their readers.
+"""The files of a run directory (docs/architecture.md, "Run directories") and their readers.
 
 The runner writes these files and the report reads them; both import the names and readers from here. A file
 that cannot be read is an error naming the file and the line, never a traceback from deep inside json.

@@ -1,4 +1,4 @@
-"""Evaluate a UMM on a suite in both directions and write a resumable run directory (DESIGN.md, "Run directory").
+"""Evaluate a UMM on a suite in both directions and write a resumable run directory (docs/architecture.md, "Run directories").
 
 Appending an item's line to ``results.jsonl`` (flushed and fsynced, after its image is renamed into place) is
 the commit point: a killed run resumes with the items that have no line, a torn last line is dropped, and no
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,9 +24,11 @@ from typing import Any
 from PIL import Image
 
 from gapeval import distributed
+from gapeval.files import append_jsonl as append_records
+from gapeval.files import atomic_write, drop_torn_tail, write_json_atomic
 from gapeval.items import DIRECTIONS, Item, ItemError
 from gapeval.judges.base import Judge, Verdict
-from gapeval.manifest import build_manifest, check_or_write, write_json_atomic
+from gapeval.manifest import build_manifest, check_or_write
 from gapeval.models.base import UMM, Request
 from gapeval.report import write_report
 from gapeval.rundir import IMAGES, MANIFEST, RESULTS, SHARDS, SUMMARY, holds_error, load_records, read_lines
@@ -53,35 +54,9 @@ def image_name(item_id: str) -> str:
 # --- the results log -------------------------------------------------------------------------------------
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Truncate an unterminated last line (a write cut short by a kill) before appending after it."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            os.fsync(f.fileno())
-
-
-def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Append one JSON line per record and fsync: after this returns the records are committed."""
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def save_image(image: Image.Image, path: Path) -> None:
     """Write a PNG through a temporary name, so a committed line never points at half an image."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        image.save(f, format="PNG")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 # --- judging ---------------------------------------------------------------------------------------------
@@ -346,12 +321,7 @@ def merge(out: Path, items: Sequence[Item]) -> None:
     results = out / RESULTS
     if not shards and results.exists() and results.read_text(encoding="utf-8") == "".join(ordered):
         return
-    tmp = out / f".{RESULTS}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(ordered))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / RESULTS)
+    atomic_write(out / RESULTS, "".join(ordered))
     for shard in shards:
         shard.unlink()
     if (out / SHARDS).exists():

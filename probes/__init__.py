@@ -1,1 +1,2 @@
-"""Placeholder package; see ../shared/DESIGN.md."""
+"""Probing: hidden states captured at named hook points, per-layer linear probes with controls, transfer
+between directions, and causal erasure (``gapeval probe``). See docs/probes.md."""

@@ -103,14 +103,23 @@ def test_limit_takes_the_first_items(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["suite"]["id"] == "synth:n=40,seed=0[:5]"
 
 
-def test_report_and_compare(runs, tmp_path, capsys):
+def test_report_and_compare(runs, tmp_path, capsys, monkeypatch):
+    from gapeval.report import rows
+    from tests_support import SavedFigures
+
+    saved = SavedFigures(monkeypatch)
     assert main(["report", str(runs / "noisy")]) == 0
     assert capsys.readouterr().out.strip() == str(runs / "noisy" / "report.md")
     assert main(["compare", str(runs / "clean"), str(runs / "noisy"), "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "clean (oracle): Gap" in table and "noisy (oracle): gen" in table and "| overall |" in table
     assert (tmp_path / "compare.md").read_text() == table.rstrip("\n") + "\n"
-    assert (tmp_path / "compare.png").stat().st_size > 1000
+    gaps = []  # one bar group per run, categories then overall, as the table lists them
+    for name in ("clean", "noisy"):
+        by_category = dict(rows(json.loads((runs / name / "summary.json").read_text())))
+        gaps += [round(by_category[c]["gap_reference"] or 0.0, 9) for c in by_category]
+    assert saved.bars(tmp_path / "compare.png") == gaps
+    assert gaps[: len(gaps) // 2] != gaps[len(gaps) // 2 :]
 
 
 def test_suite_export_round_trips_into_a_run(runs, tmp_path, capsys):

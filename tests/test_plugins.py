@@ -110,3 +110,47 @@ def test_a_registered_section_runs_through_gapeval_study(registries, tmp_path):
         "gapeval study --quick --models toy toy:decoupled --seed 0 --sections hello --out ."
     ]
     check_commands(done["commands"])
+
+
+def test_every_registered_model_is_documented_and_resolves():
+    """One list: the registry is what `--model` accepts, what the README names and what `--help` prints."""
+    from gapeval.models.registry import MODELS, model_forms, resolve
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for name, entry in MODELS.items():
+        assert f"`{entry.form}`" in readme, f"README does not name --model {entry.form}"
+        assert callable(resolve(entry.factory)), name
+    assert model_forms() in build_parser_help("run")
+
+
+def build_parser_help(command: str) -> str:
+    import argparse
+
+    from gapeval.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return " ".join(sub.choices[command].format_help().split())
+
+
+def test_a_registered_model_runs_through_gapeval_run(monkeypatch, tmp_path):
+    from gapeval.models import registry
+    from gapeval.models.oracle import OracleAdapter
+
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    registry.register_model(
+        "flaky",
+        registry.ModelEntry(
+            "flaky",
+            lambda items, **kw: OracleAdapter(items, gen_error=1.0),
+            "test",
+            rest="none",
+            takes_items=True,
+        ),
+    )
+    out = tmp_path / "run"
+    assert main(["run", "--model", "flaky", "--suite", "synth:20", "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 20 and all(r["und"]["correct"] for r in records)
+    assert not any(r["gen"]["correct"] for r in records)
+    assert main(["run", "--model", "flaky:x", "--suite", "synth:20", "--out", str(tmp_path / "x")]) == 2

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from experiments.paper_study.config import load_config
-from experiments.paper_study.records import read_jsonl
 from experiments.paper_study.sections import gap_table as gap
 from experiments.paper_study.sections.emergence_curves import lead
 from experiments.paper_study.study import run_study
 from experiments.paper_study.toy_runs import training_runs
+from gapeval.files import read_jsonl
 from gapeval.models.base import Request
 from gapeval.models.bridge import DESCRIBED_SCENE, ReasonThenDraw, check_template, fill
 

@@ -10,11 +10,12 @@ edit, a spot check) are resumable on their own: through the library's run direct
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gapeval.files import write_json_atomic, write_jsonl_atomic
 
 DONE = "done.json"
 
@@ -57,24 +58,12 @@ def _plain(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Through a temporary name, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=_plain) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1, default=_plain)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     """All of a section's records at once (atomically): sections compute them from their units' results."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    lines = (json.dumps(r, ensure_ascii=False, default=_plain) + "\n" for r in rows)
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+    return write_jsonl_atomic(path, rows, default=_plain)
 
 
 def unit(path: Path, compute: Callable[..., Any], *args: Any) -> Any:

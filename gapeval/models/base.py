@@ -90,7 +90,7 @@ class ForwardPass:
 
 @runtime_checkable
 class Intervenable(UMM, Protocol):
-    """What interventions and probes use; they never look at the adapter's type (DESIGN.md, "Models").
+    """What interventions and probes use; they never look at the adapter's type (docs/adapters.md).
 
     Conventions shared by every adapter:
 

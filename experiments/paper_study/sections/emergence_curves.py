@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.paper_study.records import Section, markdown_table, num, read_jsonl, slug, unit, write_jsonl
+from experiments.paper_study.records import Section, markdown_table, num, slug, unit, write_jsonl
 from experiments.paper_study.study import Context
 from experiments.paper_study.toy_runs import TrainingRun, training_runs
 from gapeval.cli_args import add_run_arguments
+from gapeval.files import read_jsonl
 
 COMPARED = ("n", "n11", "n10", "n01", "n00", "und_acc", "gen_acc", "kappa", "gap_reference", "gap_identified")
 

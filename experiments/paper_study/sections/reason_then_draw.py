@@ -156,7 +156,7 @@ def bridge_section(ctx: Context) -> Section:
         ),
     )
     section.table(
-        "Measured before this tool existed (toy-mechanism facts; the seed-0, 24 000-step checkpoints shipped "
+        "Measured before this tool existed (by hand, on the seed-0, 24 000-step v1 checkpoints shipped "
         "then), text-only realms (not rerun here)",
         markdown_table(
             ["model", "und", "gen", "bridged gen"],
