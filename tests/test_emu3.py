@@ -10,6 +10,7 @@ from tiny_hf import tiny_emu3
 
 from gapeval.models.base import UMM, Request
 from gapeval.models.emu3 import Emu3Adapter
+from gapeval.testing import check_umm
 from gapeval.threads import one_torch_thread
 
 
@@ -57,6 +58,12 @@ def test_protocol_and_config(adapter: Emu3Adapter) -> None:
     assert (
         config["image_token_grid"] == [2, 2] and config["cfg_scale"] == 3.0 and config["dtype"] == "float32"
     )
+
+
+def test_passes_the_benchmark_checks_of_the_kit(models) -> None:
+    """Emu3 is benchmark-only: ``check_umm`` (on a fresh adapter, since the checks leave run notes)."""
+    (chat, chat_processor), (gen, gen_processor) = models
+    check_umm(Emu3Adapter(chat, gen, chat_processor, gen_processor, device="cpu", image_area=256))
 
 
 def test_understand_is_batch_independent(adapter: Emu3Adapter) -> None:

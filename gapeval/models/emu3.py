@@ -15,41 +15,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image
-
 from gapeval.models.base import Request
-from gapeval.models.hf_common import (
-    InputImagePolicy,
-    chat_text,
-    chunks,
-    generate_text,
-    generation_config,
-    load_model,
-    make_row_sampler,
-    parse_spec,
-    pixels_to_pil,
-)
-
-SPEC_OPTIONS = {
-    "dtype": str,
-    "device": str,
-    "device_map": str,
-    "batch_size": int,
-    "cfg_scale": float,
-    "max_new_tokens": int,
-    "text_temperature": float,
-    "image_temperature": float,
-    "image_area": int,
-    "ratio": str,
-    "negative_prompt": str,
-    "input_image_policy": str,
-}
+from gapeval.models.hf_common import SPEC_OPTIONS, HFAdapter, chat_text, generation_config
 
 
-class Emu3Adapter:
-    """Emu3 chat + generation checkpoints as one GapEval UMM."""
+class Emu3Adapter(HFAdapter):
+    """Emu3 chat + generation checkpoints as one GapEval UMM.
+
+    ``options`` are :class:`HFAdapter`'s (dtype, device, device_map, max_new_tokens=64, text_temperature=0,
+    image_temperature=1, input_image_policy="drop"); Emu3 defaults to smaller batches and weaker guidance.
+    """
 
     name = "emu3"
+    label = "Emu3"
+    spec_options = {**SPEC_OPTIONS, "image_area": int, "ratio": str, "negative_prompt": str}
+    spec_form = "CHAT_PATH[,GEN_PATH]"
+    spec_paths = (1, 2)
 
     def __init__(
         self,
@@ -58,145 +39,87 @@ class Emu3Adapter:
         chat_processor: Any = None,
         gen_processor: Any = None,
         *,
-        dtype: str = "auto",
-        device: str = "auto",
-        device_map: str | None = None,
         batch_size: int = 4,
         cfg_scale: float = 3.0,
-        max_new_tokens: int = 64,
-        text_temperature: float = 0.0,
-        image_temperature: float = 1.0,
         image_area: int | None = None,
         ratio: str = "1:1",
         negative_prompt: str = "",
-        input_image_policy: str = "drop",
+        **options: Any,
     ) -> None:
-        import torch
+        super().__init__(batch_size=batch_size, cfg_scale=cfg_scale, **options)
         from transformers import Emu3ForConditionalGeneration, Emu3Processor
 
-        def load(model: Any, processor: Any) -> Any:
-            return load_model(
-                Emu3ForConditionalGeneration, Emu3Processor, model, processor, dtype, device, device_map
-            )
-
-        self._chat = load(chat_model, chat_processor)
+        classes = (Emu3ForConditionalGeneration, Emu3Processor)
+        self._chat = self._load(*classes, chat_model, chat_processor)
         same = (
             gen_model is None
             or gen_model is chat_model
             or (isinstance(gen_model, str) and gen_model == chat_model)
         )
-        self._gen = self._chat if same else load(gen_model, gen_processor or chat_processor)
-        self._torch = torch
-        self.batch_size = batch_size
-        self.cfg_scale = float(cfg_scale)
-        self.max_new_tokens = max_new_tokens
-        self.text_temperature = text_temperature
-        self.image_temperature = image_temperature
+        self._gen = self._chat if same else self._load(*classes, gen_model, gen_processor or chat_processor)
         self.image_area = int(image_area or self._gen.processor.image_area)
         self.ratio = ratio
         self.negative_prompt = negative_prompt
-        self._policy = InputImagePolicy(input_image_policy)
-
-    @classmethod
-    def from_spec(cls, spec: str, **overrides: Any) -> Emu3Adapter:
-        """``CHAT_PATH[,GEN_PATH][,key=value...]``, e.g. ``BAAI/Emu3-Chat-hf,BAAI/Emu3-Gen-hf,dtype=bfloat16``;
-        ``overrides`` are constructor options given separately (``--model-arg``)."""
-        paths, options = parse_spec(spec, SPEC_OPTIONS, overrides)
-        if len(paths) not in (1, 2):
-            raise ValueError(f"emu3 model spec {spec!r}: expected CHAT_PATH[,GEN_PATH], got {paths}")
-        return cls(paths[0], paths[-1], **options)
 
     def config(self) -> dict[str, Any]:
         height, width = self.image_grid()
-        return {
-            "adapter": "emu3",
-            "chat_path": self._chat.path,
-            "gen_path": self._gen.path,
-            "dtype": self._chat.dtype,
-            "device": self._chat.device_type,
-            "cfg_scale": self.cfg_scale,
-            "max_new_tokens": self.max_new_tokens,
-            "text_temperature": self.text_temperature,
-            "image_temperature": self.image_temperature,
+        extra = {
             "image_token_grid": [height, width],
             "negative_prompt": self.negative_prompt,
             "input_image_policy": self._policy.policy,
         }
+        return self._config({"chat_path": self._chat.path, "gen_path": self._gen.path}, extra)
 
-    def notes(self) -> dict[str, Any]:
-        """Run facts for summary.json: how many generation requests had their input image dropped."""
-        return self._policy.notes()
-
-    def understand(self, requests: Sequence[Request]) -> list[str]:
-        model, processor = self._chat.model, self._chat.processor
-        answers: list[str] = []
-        for batch in chunks(requests, self.batch_size):
-            texts = [self._chat_prompt(r) for r in batch]
-            images = [r.image.convert("RGB") for r in batch if r.image is not None]
-            enc = processor(
-                text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
-            ).to(model.device)
-            seeds = [r.seed for r in batch]
-            answers += generate_text(
-                model, processor.tokenizer, enc, seeds, self.text_temperature, self.max_new_tokens
-            )
-        return answers
-
-    def generate(self, requests: Sequence[Request]) -> list[Image.Image]:
-        requests = self._policy.apply(requests, "Emu3")
-        tokens = self.generate_tokens(requests)
-        model, ip = self._gen.model, self._gen.processor.image_processor
+    def image_sequence_length(self) -> int:
+        """Rows of visual tokens each ending in end-of-line, then end-of-frame, end-of-image, end-of-sequence."""
         height, width = self.image_grid()
-        images: list[Image.Image] = []
-        for start in range(0, len(requests), self.batch_size):
-            batch = tokens[start : start + self.batch_size]
-            pixels = model.decode_image_tokens(image_tokens=batch, height=height, width=width)
-            images.extend(pixels_to_pil(pixels, ip.image_mean, ip.image_std))
-        return images
+        return height * (width + 1) + 3
 
-    def generate_tokens(self, requests: Sequence[Request]) -> Any:
-        """Generated ids (B, h·(w+1)+3): rows of visual tokens each ending in end-of-line, then EOF, EOI, EOS.
-
-        Input images follow the policy without being recorded (``generate`` records them).
-        """
-        from transformers import LogitsProcessorList
-
-        torch = self._torch
-        model, processor = self._gen.model, self._gen.processor
-        requests = self._policy.apply(requests, "Emu3", record=False)
-        height, width = self.image_grid()
-        config = generation_config(
-            model, processor.tokenizer, max_new_tokens=height * (width + 1) + 3, guidance_scale=self.cfg_scale
+    def _understanding_inputs(self, batch: Sequence[Request]) -> Any:
+        texts = [self._chat_prompt(r) for r in batch]
+        images = [r.image.convert("RGB") for r in batch if r.image is not None]
+        enc = self._chat.processor(
+            text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
         )
+        return enc.to(self._chat.model.device)
+
+    def _image_generation_config(self) -> Any:
+        model, tokenizer = self._gen.model, self._gen.processor.tokenizer
+        return generation_config(
+            model, tokenizer, max_new_tokens=self.image_sequence_length(), guidance_scale=self.cfg_scale
+        )
+
+    def _generate_image_batch(self, batch: Sequence[Request], config: Any) -> Any:
+        """Image tokens under the grammar; guidance runs the negative prompt as transformers' separate
+        unconditional branch."""
+        model, processor = self._gen.model, self._gen.processor
         padded = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
-        out = []
-        for batch in chunks(requests, self.batch_size):
-            enc = processor(
-                text=[r.prompt for r in batch],
-                return_for_image_generation=True,
-                image_area=self.image_area,
-                ratio=self.ratio,
-                **padded,
+        enc = processor(
+            text=[r.prompt for r in batch],
+            return_for_image_generation=True,
+            image_area=self.image_area,
+            ratio=self.ratio,
+            **padded,
+        )
+        enc.pop("image_sizes")
+        enc = enc.to(model.device)
+        negative = processor(text=[self.negative_prompt] * len(batch), **padded).to(model.device)
+        prompt_length = enc["input_ids"].shape[1]
+        height, width = self.image_grid()
+        processors = self._image_processors(batch, self._grammar(height, width, prompt_length))
+        with self._torch.no_grad():
+            ids = model.generate(
+                **enc,
+                generation_config=config,
+                logits_processor=processors,
+                negative_prompt_ids=negative["input_ids"],
+                negative_prompt_attention_mask=negative["attention_mask"],
             )
-            enc.pop("image_sizes")
-            enc = enc.to(model.device)
-            negative = processor(text=[self.negative_prompt] * len(batch), **padded).to(model.device)
-            prompt_length = enc["input_ids"].shape[1]
-            processors = LogitsProcessorList([self._grammar(height, width, prompt_length)])
-            if self.image_temperature > 0:
-                processors.append(make_row_sampler([r.seed for r in batch], self.image_temperature))
-            with torch.no_grad():
-                ids = model.generate(
-                    **enc,
-                    generation_config=config,
-                    logits_processor=processors,
-                    negative_prompt_ids=negative["input_ids"],
-                    negative_prompt_attention_mask=negative["attention_mask"],
-                )
-            out.append(ids[:, prompt_length:])
-        if not out:
-            return torch.zeros((0, height * (width + 1) + 3), dtype=torch.long)
-        return torch.cat(out)
+        return ids[:, prompt_length:]
+
+    def _image_pixels(self, tokens: Any) -> Any:
+        height, width = self.image_grid()
+        return self._gen.model.decode_image_tokens(image_tokens=tokens, height=height, width=width)
 
     def image_grid(self) -> tuple[int, int]:
         """(rows, columns) of visual tokens in a generated image, from ``image_area`` and ``ratio``."""

@@ -1,5 +1,7 @@
-"""Pieces the `transformers`-based adapters (Janus, Emu3) share: option parsing, dtype/device, seeded per-row
-sampling, chat prompts, prompt-span alignment, pixel decoding and the input-image policy.
+"""Pieces the `transformers`-based adapters (Janus, Emu3) share: :class:`HFAdapter`, their base (options,
+loading, run config and notes, the seeded text and image decoding loops), and the helpers under it — option
+parsing, dtype/device, seeded per-row sampling, chat prompts, prompt-span alignment, pixel decoding and the
+input-image policy.
 
 Kept free of module-level torch/transformers imports so that ``import gapeval`` stays light; the helpers import
 them when called.
@@ -11,7 +13,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from PIL import Image
 
@@ -26,6 +28,19 @@ DTYPES = {
     "fp16": "float16",
 }
 INPUT_IMAGE_POLICIES = ("drop", "error")
+A = TypeVar("A", bound="HFAdapter")
+# Options every HFAdapter takes, after the path in ``--model janus:PATH,key=value`` (converters from text).
+SPEC_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "dtype": str,
+    "device": str,
+    "device_map": str,
+    "batch_size": int,
+    "cfg_scale": float,
+    "max_new_tokens": int,
+    "text_temperature": float,
+    "image_temperature": float,
+    "input_image_policy": str,
+}
 
 
 def parse_spec(
@@ -290,3 +305,141 @@ class InputImagePolicy:
             "gen_input_images_dropped": len(self.dropped),
             "gen_input_images_dropped_items": sorted(set(self.dropped)),
         }
+
+
+class HFAdapter:
+    """What the `transformers` adapters share, so each one holds only what its model does differently.
+
+    The base owns the options, loading (dtype, device, frozen weights), ``from_spec``, the run config's common
+    fields, ``notes`` and the decoding loops: text answers in seeded batches, and images as seeded token
+    batches decoded to pixels, with input images on generation requests handled by the policy. A subclass
+    loads its checkpoints into ``_chat`` (understanding) and ``_gen`` (generation; the same object for a
+    single checkpoint) and supplies the model-specific steps: :meth:`_understanding_inputs`,
+    :meth:`_image_generation_config`, :meth:`_generate_image_batch`, :meth:`_image_pixels` and
+    :meth:`image_sequence_length`.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # the model's name in messages, e.g. "Janus"
+    spec_options: ClassVar[dict[str, Callable[[str], Any]]] = SPEC_OPTIONS
+    spec_form: ClassVar[str] = "PATH"  # the paths a spec names, for errors
+    spec_paths: ClassVar[tuple[int, ...]] = (1,)  # how many paths a spec may name
+    _chat: Loaded
+    _gen: Loaded
+
+    def __init__(
+        self,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        device_map: str | None = None,
+        batch_size: int = 8,
+        cfg_scale: float = 5.0,
+        max_new_tokens: int = 64,
+        text_temperature: float = 0.0,
+        image_temperature: float = 1.0,
+        input_image_policy: str = "drop",
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self._placement = (dtype, device, device_map)
+        self.batch_size = batch_size
+        self.cfg_scale = float(cfg_scale)
+        self.max_new_tokens = max_new_tokens
+        self.text_temperature = text_temperature
+        self.image_temperature = image_temperature
+        self._policy = InputImagePolicy(input_image_policy)
+
+    @classmethod
+    def from_spec(cls: type[A], spec: str, **overrides: Any) -> A:
+        """``PATH[,key=value...]`` (the part after ``NAME:`` in ``--model``); ``overrides`` are constructor
+        options given separately (``--model-arg``) and win over the spec's."""
+        paths, options = parse_spec(spec, cls.spec_options, overrides)
+        if len(paths) not in cls.spec_paths:
+            raise ValueError(f"{cls.name} model spec {spec!r}: expected {cls.spec_form}, got {paths}")
+        return cls(*paths, **options)
+
+    def _load(self, model_cls: Any, processor_cls: Any, path_or_model: Any, processor: Any) -> Loaded:
+        return load_model(model_cls, processor_cls, path_or_model, processor, *self._placement)
+
+    def _config(self, paths: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
+        """The run config: the adapter, its checkpoint ``paths``, the common options, then ``extra``."""
+        return {
+            "adapter": self.name,
+            **paths,
+            "dtype": self._chat.dtype,
+            "device": self._chat.device_type,
+            "cfg_scale": self.cfg_scale,
+            "max_new_tokens": self.max_new_tokens,
+            "text_temperature": self.text_temperature,
+            "image_temperature": self.image_temperature,
+            **extra,
+        }
+
+    def notes(self) -> dict[str, Any]:
+        """Run facts for summary.json: how many generation requests had their input image dropped."""
+        return self._policy.notes()
+
+    def understand(self, requests: Sequence[Request]) -> list[str]:
+        model, tokenizer = self._chat.model, self._chat.processor.tokenizer
+        answers: list[str] = []
+        for batch in chunks(requests, self.batch_size):
+            enc = self._understanding_inputs(batch)
+            seeds = [r.seed for r in batch]
+            answers += generate_text(model, tokenizer, enc, seeds, self.text_temperature, self.max_new_tokens)
+        return answers
+
+    def generate(self, requests: Sequence[Request]) -> list[Image.Image]:
+        requests = self._policy.apply(requests, self.label)
+        tokens = self.generate_tokens(requests)
+        image_processor = self._gen.processor.image_processor
+        images: list[Image.Image] = []
+        for start in range(0, len(requests), self.batch_size):
+            with self._torch.no_grad():
+                pixels = self._image_pixels(tokens[start : start + self.batch_size])
+            images.extend(pixels_to_pil(pixels, image_processor.image_mean, image_processor.image_std))
+        return images
+
+    def generate_tokens(self, requests: Sequence[Request]) -> Any:
+        """The token ids (B, :meth:`image_sequence_length`) that ``generate`` decodes; input images follow the
+        policy without being recorded (``generate`` records them)."""
+        torch = self._torch
+        requests = self._policy.apply(requests, self.label, record=False)
+        config = self._image_generation_config()
+        out = [self._generate_image_batch(batch, config) for batch in chunks(requests, self.batch_size)]
+        if not out:
+            return torch.zeros((0, self.image_sequence_length()), dtype=torch.long)
+        return torch.cat(out)
+
+    def _image_processors(self, batch: Sequence[Request], first: Any) -> Any:
+        """``first`` (the model's guidance or grammar), then each row's seeded sampler unless image tokens are
+        greedy (temperature 0)."""
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList([first])
+        if self.image_temperature > 0:
+            processors.append(make_row_sampler([r.seed for r in batch], self.image_temperature))
+        return processors
+
+    # ---- what a subclass supplies ------------------------------------------------------------------------
+
+    def _understanding_inputs(self, batch: Sequence[Request]) -> Any:
+        """The encoded, left-padded prompts of ``batch`` on the chat model's device."""
+        raise NotImplementedError
+
+    def _image_generation_config(self) -> Any:
+        """The generation config of one image batch (see :func:`generation_config`)."""
+        raise NotImplementedError
+
+    def _generate_image_batch(self, batch: Sequence[Request], config: Any) -> Any:
+        """Generated image token ids (B, :meth:`image_sequence_length`) of one batch, under no_grad."""
+        raise NotImplementedError
+
+    def _image_pixels(self, tokens: Any) -> Any:
+        """Normalised pixels (B, 3, H, W) of generated token ids."""
+        raise NotImplementedError
+
+    def image_sequence_length(self) -> int:
+        """How many token ids a generated image has."""
+        raise NotImplementedError

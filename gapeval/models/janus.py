@@ -36,146 +36,73 @@ from PIL import Image
 
 from gapeval.models.base import ForwardPass, Request, TeacherForcing, check_direction
 from gapeval.models.hf_common import (
-    InputImagePolicy,
+    HFAdapter,
     chat_text,
-    chunks,
     common_prefix_length,
-    generate_text,
     generation_config,
-    load_model,
-    make_row_sampler,
-    parse_spec,
-    pixels_to_pil,
     span_positions_in,
 )
 
-SPEC_OPTIONS = {
-    "dtype": str,
-    "device": str,
-    "device_map": str,
-    "batch_size": int,
-    "cfg_scale": float,
-    "max_new_tokens": int,
-    "text_temperature": float,
-    "image_temperature": float,
-    "input_image_policy": str,
-}
 
+class JanusAdapter(HFAdapter, TeacherForcing):
+    """A Janus / Janus-Pro checkpoint as a GapEval UMM with the intervention extensions.
 
-class JanusAdapter(TeacherForcing):
-    """A Janus / Janus-Pro checkpoint as a GapEval UMM with the intervention extensions."""
+    ``options`` are :class:`HFAdapter`'s (dtype, device, device_map, batch_size=8, cfg_scale=5.0,
+    max_new_tokens=64, text_temperature=0, image_temperature=1, input_image_policy="drop").
+    """
 
     name = "janus"
+    label = "Janus"
 
-    def __init__(
-        self,
-        path_or_model: Any,
-        processor: Any = None,
-        *,
-        dtype: str = "auto",
-        device: str = "auto",
-        device_map: str | None = None,
-        batch_size: int = 8,
-        cfg_scale: float = 5.0,
-        max_new_tokens: int = 64,
-        text_temperature: float = 0.0,
-        image_temperature: float = 1.0,
-        input_image_policy: str = "drop",
-    ) -> None:
-        import torch
+    def __init__(self, path_or_model: Any, processor: Any = None, **options: Any) -> None:
+        super().__init__(**options)
         from transformers import JanusForConditionalGeneration, JanusProcessor
 
-        loaded = load_model(
-            JanusForConditionalGeneration, JanusProcessor, path_or_model, processor, dtype, device, device_map
-        )
+        loaded = self._load(JanusForConditionalGeneration, JanusProcessor, path_or_model, processor)
+        self._chat = self._gen = loaded  # one checkpoint for both directions
         self._model, self.processor = loaded.model, loaded.processor
-        self._path, self._dtype, self._device_type = loaded.path, loaded.dtype, loaded.device_type
-        self._torch = torch
-        self.batch_size = batch_size
-        self.cfg_scale = float(cfg_scale)
-        self.max_new_tokens = max_new_tokens
-        self.text_temperature = text_temperature
-        self.image_temperature = image_temperature
-        self._policy = InputImagePolicy(input_image_policy)
 
-    @classmethod
-    def from_spec(cls, spec: str, **overrides: Any) -> JanusAdapter:
-        """``PATH[,key=value...]`` as in ``--model janus:deepseek-community/Janus-Pro-1B,dtype=bfloat16``;
-        ``overrides`` are constructor options given separately (``--model-arg``)."""
-        paths, options = parse_spec(spec, SPEC_OPTIONS, overrides)
-        if len(paths) != 1:
-            raise ValueError(f"janus model spec {spec!r}: expected exactly one path, got {paths}")
-        return cls(paths[0], **options)
-
-    # ---- UMM ---------------------------------------------------------------------------------------------
+    # ---- UMM (the loops are HFAdapter's) -----------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        vq = self._model.config.vq_config
-        return {
-            "adapter": "janus",
-            "path": self._path,
-            "dtype": self._dtype,
-            "device": self._device_type,
-            "cfg_scale": self.cfg_scale,
-            "max_new_tokens": self.max_new_tokens,
-            "text_temperature": self.text_temperature,
-            "image_temperature": self.image_temperature,
+        extra = {
             "input_image_policy": self._policy.policy,
-            "image_tokens": vq.num_patches**2,
-            "codebook_size": vq.num_embeddings,
+            "image_tokens": self.image_sequence_length(),
+            "codebook_size": self._model.config.vq_config.num_embeddings,
         }
+        return self._config({"path": self._chat.path}, extra)
 
-    def notes(self) -> dict[str, Any]:
-        """Run facts for summary.json: how many generation requests had their input image dropped."""
-        return self._policy.notes()
+    def image_sequence_length(self) -> int:
+        return self._model.config.vq_config.num_patches**2
 
-    def understand(self, requests: Sequence[Request]) -> list[str]:
-        answers: list[str] = []
-        for batch in chunks(requests, self.batch_size):
-            enc = self._encode(batch, "und")
-            seeds = [r.seed for r in batch]
-            answers += generate_text(
-                self._model, self.processor.tokenizer, enc, seeds, self.text_temperature, self.max_new_tokens
+    def _understanding_inputs(self, batch: Sequence[Request]) -> Any:
+        return self._encode(batch, "und")
+
+    def _image_generation_config(self) -> Any:
+        """The shared generation config with guidance_scale=1, which keeps transformers from adding its own
+        guidance (ours comes first in the processors), plus the image-start id Janus's image mode reads."""
+        tokenizer = self.processor.tokenizer
+        config = generation_config(self._model, tokenizer, guidance_scale=1.0)
+        config.generation_kwargs = {
+            "boi_token_id": tokenizer.boi_token_id,
+            **(getattr(config, "generation_kwargs", None) or {}),
+        }
+        return config
+
+    def _generate_image_batch(self, batch: Sequence[Request], config: Any) -> Any:
+        enc = self._encode(batch, "gen")
+        processors = self._image_processors(batch, _doubled_batch_guidance(self.cfg_scale))
+        with self._torch.no_grad():
+            return self._model.generate(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                generation_mode="image",
+                generation_config=config,
+                logits_processor=processors,
             )
-        return answers
 
-    def generate(self, requests: Sequence[Request]) -> list[Image.Image]:
-        requests = self._policy.apply(requests, "Janus")
-        tokens = self.generate_tokens(requests)
-        image_processor = self.processor.image_processor
-        images: list[Image.Image] = []
-        for start in range(0, len(requests), self.batch_size):
-            with self._torch.no_grad():
-                pixels = self._model.model.vqmodel.decode(tokens[start : start + self.batch_size])
-            images.extend(pixels_to_pil(pixels, image_processor.image_mean, image_processor.image_std))
-        return images
-
-    def generate_tokens(self, requests: Sequence[Request]) -> Any:
-        """The VQ token ids (B, N) that ``generate`` decodes (input images follow the policy, unrecorded)."""
-        from transformers import LogitsProcessorList
-
-        torch = self._torch
-        # guidance_scale=1 keeps transformers from adding its own guidance: ours comes first in the list.
-        config = self._generation_config(guidance_scale=1.0)
-        out = []
-        for batch in chunks(requests, self.batch_size):
-            enc = self._encode(batch, "gen")
-            processors = LogitsProcessorList([_doubled_batch_guidance(self.cfg_scale)])
-            if self.image_temperature > 0:
-                processors.append(make_row_sampler([r.seed for r in batch], self.image_temperature))
-            with torch.no_grad():
-                out.append(
-                    self._model.generate(
-                        input_ids=enc["input_ids"],
-                        attention_mask=enc["attention_mask"],
-                        generation_mode="image",
-                        generation_config=config,
-                        logits_processor=processors,
-                    )
-                )
-        if not out:
-            return torch.zeros((0, self._model.config.vq_config.num_patches**2), dtype=torch.long)
-        return torch.cat(out)
+    def _image_pixels(self, tokens: Any) -> Any:
+        return self._model.model.vqmodel.decode(tokens)
 
     # ---- Intervenable ------------------------------------------------------------------------------------
 
@@ -190,6 +117,10 @@ class JanusAdapter(TeacherForcing):
     @property
     def hidden_path(self) -> str:
         return "model.language_model.norm"
+
+    @property
+    def embed_path(self) -> str:
+        return "model.language_model.embed_tokens"
 
     @property
     def components(self) -> dict[str, str]:
@@ -275,7 +206,7 @@ class JanusAdapter(TeacherForcing):
     def _encode(self, batch: Sequence[Request], direction: str, answers: Sequence[str] | None = None) -> Any:
         check_direction(direction)
         if direction == "gen":
-            batch = self._policy.apply(batch, "Janus", record=False)
+            batch = self._policy.apply(batch, self.label, record=False)
         texts = [
             self._chat_text(r, direction, None if answers is None else answers[i])
             for i, r in enumerate(batch)
@@ -324,16 +255,6 @@ class JanusAdapter(TeacherForcing):
         with self._torch.no_grad():
             tokens = self._model.model.vqmodel.encode(pixels).image_tokens
         return tokens.view(len(images), -1)
-
-    def _generation_config(self, **overrides: Any) -> Any:
-        """The shared generation config plus the image-start id Janus's image mode reads."""
-        tokenizer = self.processor.tokenizer
-        config = generation_config(self._model, tokenizer, **overrides)
-        config.generation_kwargs = {
-            "boi_token_id": tokenizer.boi_token_id,
-            **(getattr(config, "generation_kwargs", None) or {}),
-        }
-        return config
 
 
 def _answer_layout(
