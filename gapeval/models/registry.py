@@ -13,6 +13,8 @@ Adding a model is one module with a factory and one :data:`MODELS` line (or :fun
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,12 @@ MODELS: dict[str, ModelEntry] = {
     ),
     "janus": ModelEntry("janus:PATH", "gapeval.models.janus:JanusAdapter.from_spec", "Janus / Janus-Pro"),
     "emu3": ModelEntry("emu3:SPEC", "gapeval.models.emu3:Emu3Adapter.from_spec", "Emu3 chat + generation"),
+    "bridge": ModelEntry(
+        "bridge:SPEC",
+        "gapeval.models.bridge:load_bridge",
+        "SPEC drawing its own und answer",
+        takes_items=True,
+    ),
     "py": ModelEntry("py:MODULE:FACTORY", "gapeval.models.registry:plugin", "any importable adapter factory"),
 }
 
@@ -91,11 +99,14 @@ def load_model(spec: str, items: Sequence[Item] = (), **kwargs: Any) -> UMM:
 
 
 def plugin(rest: str, **kwargs: Any) -> UMM:
-    """``py:MODULE:FACTORY``: the adapter ``MODULE.FACTORY(**kwargs)`` returns."""
+    """``py:MODULE:FACTORY``: the adapter ``MODULE.FACTORY(**kwargs)`` returns; MODULE is looked up on the
+    import path and in the current folder."""
     form = "py:MODULE:FACTORY, MODULE importable (on PYTHONPATH) and FACTORY a callable in it"
     module, sep, name = rest.partition(":")
     if not sep or ":" in name:
         raise ValueError(f"unknown model 'py:{rest}'; expected {form}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the `gapeval` script's path lacks the folder
     try:
         factory = getattr(importlib.import_module(module), name)
     except ImportError as exc:
