@@ -18,7 +18,7 @@ import torch
 
 from gapeval.models.base import DIRECTIONS
 from gapeval.models.registry import load_model
-from interventions.patching.grid import COMPONENTS, grid_patches, patched_ld, run
+from interventions.patching.grid import GRIDS, grid_patches, patched_ld, run
 from interventions.patching.pairs import synth_pairs
 
 
@@ -42,7 +42,7 @@ def main() -> None:
                 run(model, pair.request(r, d), d, pair.answers(d)) for r in ("clean", "corrupt")
             )
             positions = range(corrupt.prompt_length)
-            patches = [p for c in COMPONENTS for *_, p in grid_patches(model, c, positions)]
+            patches = [p for c in GRIDS for *_, p in grid_patches(model, c, positions)]
             middle = time.perf_counter()
             batched = patched_ld(model, corrupt, clean, patches, max_rows=args.max_rows)
             end = time.perf_counter()

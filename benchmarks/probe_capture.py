@@ -17,8 +17,8 @@ import torch
 from gapeval.models.base import DIRECTIONS
 from gapeval.models.toy import load_toy
 from gapeval.synth.world import World
-from interventions.hooks import recording
-from probes.capture import capture, layer_site, load_states, pooling, position_columns
+from interventions.hooks import recording, residual_stream
+from probes.capture import capture, load_states, pooling, position_columns
 from probes.dataset import ProbeSet, world_knowledge_set
 
 POSITIONS = ("last", "entity")
@@ -26,8 +26,7 @@ POSITIONS = ("last", "entity")
 
 def hook_capture(model, probe_set: ProbeSet, batch_size: int) -> dict[tuple[str, str], torch.Tensor]:
     """The same states read with ``interventions.hooks.recording``: {(direction, position): (N, L + 1, d)}."""
-    n_layers = len(model.module.get_submodule(model.layers_path))
-    sites = [layer_site(k) for k in range(n_layers + 1)]
+    sites = residual_stream(model)
     out: dict[tuple[str, str], list[torch.Tensor]] = {(d, p): [] for d in DIRECTIONS for p in POSITIONS}
     for direction in DIRECTIONS:
         requests = probe_set.requests[direction]

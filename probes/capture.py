@@ -3,8 +3,10 @@
 One nnsight trace per batch reads the embeddings (the input of the first decoder layer) and every layer's
 output (the residual stream after it) and pools each at the named positions inside the trace, so only
 (B, positions, d) per layer leaves the model. Each batch is written as its own safetensors shard before the
-next runs, so the whole capture never sits in memory. Captured layer ``k`` is the embeddings for ``k = 0``
-and the output of decoder layer ``k - 1`` after that (:func:`layer_site` maps it to a hook site).
+next runs, so the whole capture never sits in memory. Captured layer ``k`` is the residual stream at hook point
+``interventions.hooks.residual_stream(model)[k]``: the embeddings entering layer 0 (``blocks.0.hook_resid_pre``),
+the stream entering each later layer, and the stream leaving the last (``blocks.L.hook_resid_post``); layers are
+named by those hook points everywhere (``capture.json``, ``probe.json``).
 
 Positions (``POSITIONS``): ``last`` — the last prompt token (it predicts the first answer token); ``entity`` —
 the mean over the entity span's tokens; ``entity_last`` — the span's last token; ``answer`` — the mean over
@@ -25,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable, Request
-from interventions.hooks import first_tensor
+from interventions.hooks import HookPoint, first_tensor, residual_stream
 from probes.dataset import ProbeSet
 from probes.names import POSITIONS
 
@@ -33,13 +35,14 @@ INDEX = "capture.json"
 ROWS = "rows.json"
 
 
-def layer_names(n_layers: int) -> list[str]:
-    return ["embed"] + [str(i) for i in range(n_layers)]
+def layer_names(model: Intervenable) -> list[str]:
+    """The captured layers' names: hook points of the residual stream."""
+    return [p.name for p in residual_stream(model)]
 
 
-def layer_site(k: int) -> tuple[int, str]:
-    """The (decoder layer, hook site) of captured layer ``k``: the embeddings enter layer 0."""
-    return (0, "resid_pre") if k == 0 else (k - 1, "resid_post")
+def layer_site(model: Intervenable, k: int) -> HookPoint:
+    """The hook point of captured layer ``k`` (the stream entering layer ``k``; the last leaves the last layer)."""
+    return residual_stream(model)[k]
 
 
 def check_positions(positions: Sequence[str]) -> None:
@@ -113,7 +116,6 @@ def capture(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     traced = NNsight(model.module)
-    n_layers = len(model.module.get_submodule(model.layers_path))
     shards: dict[str, list[str]] = {}
     for direction in directions:
         requests = probe_set.requests[direction]
@@ -132,7 +134,7 @@ def capture(
             shards[direction].append(name)
     index = {
         "model": getattr(model, "name", type(model).__name__),
-        "layers": layer_names(n_layers),
+        "layers": layer_names(model),
         "positions": list(positions),
         "directions": list(directions),
         "rows": len(probe_set),

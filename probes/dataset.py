@@ -68,7 +68,7 @@ class ProbeSet:
         return np.array([classes.index(v) for v in values]), classes
 
     def entities(self) -> np.ndarray:
-        """Integer realm id per row: the type a control task labels and the unit grouped splits keep apart."""
+        """Integer realm id per row: the unit grouped splits keep apart (and that carries one label)."""
         names = sorted({row["realm"] for row in self.rows})
         return np.array([names.index(row["realm"]) for row in self.rows])
 
@@ -80,7 +80,19 @@ class ProbeSet:
     def groups(self, attribute: str) -> np.ndarray:
         """Split groups: entities, so no realm sits in train and test — except for ``entity``, whose classes
         are the realms (held-out realms would be unseen classes): there held-out prompt templates."""
-        return self.templates() if attribute == "entity" else self.entities()
+        return np.unique([split_key(attribute, row) for row in self.rows], return_inverse=True)[1]
+
+    def group_keys(self, attribute: str) -> list[str]:
+        """The split group of each row by name (:func:`split_key`), in the order of :meth:`groups`' ids."""
+        return sorted({split_key(attribute, row) for row in self.rows})
+
+    def permutation_units(self, attribute: str) -> tuple[np.ndarray, np.ndarray]:
+        """(units, blocks) a permutation test shuffles labels over: each realm carries one label of a realm fact,
+        so realms swap labels; ``entity`` labels are the realms themselves (a relabelling of realms would change
+        nothing), so there each template's rows are shuffled among themselves."""
+        if attribute == "entity":
+            return np.arange(len(self.rows)), self.templates()
+        return self.entities(), np.zeros(len(self.rows), dtype=int)
 
 
 def world_knowledge_set(world: World, seed: int = 0) -> ProbeSet:
@@ -102,6 +114,16 @@ def world_knowledge_set(world: World, seed: int = 0) -> ProbeSet:
                 facts = {a: attribute_value(realm, a) for a in ATTRIBUTES}
                 rows.append({"realm": realm.name, "hop": hop, "phrasing": phrasing, **facts})
     return ProbeSet(requests, spans, answers, rows)
+
+
+def split_key(attribute: str, row: dict[str, Any]) -> str:
+    """The split group of a row (``realm``, ``hop``, ``phrasing``): its realm, or its template for ``entity``."""
+    return f"{row['hop']}/{row['phrasing']}" if attribute == "entity" else row["realm"]
+
+
+def item_row(item: Item) -> dict[str, Any]:
+    """A synth world-knowledge item as the row fields :func:`split_key` reads."""
+    return {"realm": item.meta["realm"], "hop": item.subcategory, "phrasing": item.meta["phrasing"]}
 
 
 def item_span(world: World, item: Item) -> str:

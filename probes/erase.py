@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from gapeval.items import Item
 from gapeval.models.base import Intervenable, Request
-from interventions.hooks import decoding_rewrite, rewrite
+from interventions.hooks import HookPoint, decoding_rewrite, rewrite
 from interventions.judged import accuracy, judged
-from probes.capture import layer_site, position_columns
+from probes.capture import position_columns
 from probes.erasers import Eraser
 
 EVERYWHERE = "all"
@@ -47,15 +47,45 @@ def where(model: Intervenable, request: Request, direction: str, position: str, 
 
 @contextmanager
 def erasing(
-    model: Intervenable, layer: int, eraser: Eraser, at: Where, decoding: str | None = None
+    model: Intervenable, point: HookPoint, eraser: Eraser, at: Where, decoding: str | None = None
 ) -> Iterator[None]:
-    """Inside the block, every forward pass applies ``eraser`` at captured layer ``layer`` on ``at``'s tokens.
+    """Inside the block, every forward pass applies ``eraser`` at hook point ``point`` on ``at``'s tokens.
 
     ``decoding`` names the direction being decoded, so only the rows holding requests are edited
     (``prompt_rows``); None for teacher-forced passes, where every row is a request."""
     fn = decoding_rewrite(model, decoding, at.relative, eraser, steps=at.decode_steps)
-    with rewrite(model, *layer_site(layer), fn):
+    with rewrite(model, *point, fn):
         yield
+
+
+def erased_records(
+    model: Intervenable,
+    items: Sequence[Item],
+    spans: Sequence[str],
+    direction: str,
+    point: HookPoint,
+    eraser: Eraser | None,
+    position: str = EVERYWHERE,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> list[dict]:
+    """Judged records of ``items`` (in their order) in ``direction`` with ``eraser`` applied at ``point`` on
+    ``position`` (None: no edit)."""
+    if eraser is None:
+        return judged(model, items, directions=[direction], seed=seed, batch_size=batch_size)
+    groups: dict[Where, list[int]] = {}
+    for i, (item, span) in enumerate(zip(items, spans, strict=True)):
+        at = where(model, Request(item.id, item.prompt(direction), item.image), direction, position, span)
+        groups.setdefault(at, []).append(i)
+    records: list[dict] = [{} for _ in items]
+    for at, rows in groups.items():
+        with erasing(model, point, eraser, at, direction):
+            group = judged(
+                model, [items[i] for i in rows], directions=[direction], seed=seed, batch_size=batch_size
+            )
+        for i, record in zip(rows, group, strict=True):
+            records[i] = record
+    return records
 
 
 def erased_accuracy(
@@ -63,23 +93,12 @@ def erased_accuracy(
     items: Sequence[Item],
     spans: Sequence[str],
     direction: str,
-    layer: int,
+    point: HookPoint,
     eraser: Eraser | None,
     position: str = EVERYWHERE,
     seed: int = 0,
     batch_size: int = 64,
 ) -> float | None:
-    """Judged accuracy in ``direction`` with ``eraser`` applied at ``layer`` on ``position`` (None: no edit)."""
-    if eraser is None:
-        return accuracy(
-            judged(model, items, directions=[direction], seed=seed, batch_size=batch_size), direction
-        )
-    groups: dict[Where, list[Item]] = {}
-    for item, span in zip(items, spans, strict=True):
-        at = where(model, Request(item.id, item.prompt(direction), item.image), direction, position, span)
-        groups.setdefault(at, []).append(item)
-    records = []
-    for at, group in groups.items():
-        with erasing(model, layer, eraser, at, direction):
-            records += judged(model, group, directions=[direction], seed=seed, batch_size=batch_size)
+    """Judged accuracy in ``direction`` with ``eraser`` applied at ``point`` on ``position`` (None: no edit)."""
+    records = erased_records(model, items, spans, direction, point, eraser, position, seed, batch_size)
     return accuracy(records, direction)

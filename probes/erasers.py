@@ -2,7 +2,10 @@
 
 Every eraser has the form ``x − ((x − bias) @ right.T) @ left.T`` (what concept-erasure's ``LeaceEraser``
 applies), so one application path serves all three and the rank of ``left @ right`` is the number of
-directions removed. The random control removes as many random directions as the eraser it controls for.
+directions removed. The random control (:func:`matched_random`) moves the states along as many random
+directions as the eraser it controls for, by the same mean squared amount on the same rows: a plain random
+projection of the same rank moves them far less than LEACE (1.5–7.3× less on the toy's colour states), so a
+smaller drop would say nothing about *which* directions matter.
 """
 
 from __future__ import annotations
@@ -24,8 +27,16 @@ class Eraser:
         return int(torch.linalg.matrix_rank(self.left @ self.right))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.shift(x)
+
+    def shift(self, x: torch.Tensor) -> torch.Tensor:
+        """What the eraser subtracts from ``x``."""
         left, right, bias = (t.to(device=x.device, dtype=x.dtype) for t in (self.left, self.right, self.bias))
-        return x - ((x - bias) @ right.T) @ left.T
+        return ((x - bias) @ right.T) @ left.T
+
+    def perturbation(self, x: torch.Tensor) -> float:
+        """Mean squared change ``E ||x − eraser(x)||²`` over the rows of ``x``."""
+        return float(self.shift(x.double()).pow(2).sum(-1).mean())
 
 
 def _one_hot(labels: np.ndarray) -> torch.Tensor:
@@ -62,4 +73,13 @@ def random_eraser(mean: torch.Tensor, rank: int, seed: int = 0) -> Eraser:
     return _projection(torch.randn(mean.shape[0], rank, generator=gen, dtype=torch.float64), mean)
 
 
-ERASERS = {"leace": fit_leace, "mean": fit_mean_projection}
+def matched_random(eraser: Eraser, states: torch.Tensor, seed: int = 0) -> Eraser:
+    """The control for ``eraser``: ``eraser.rank`` random orthonormal directions around the same bias, the shift
+    along them scaled so that its mean squared perturbation on ``states`` equals ``eraser``'s (same rank, same
+    size of edit, random directions)."""
+    control = random_eraser(eraser.bias, eraser.rank, seed)
+    own, target = control.perturbation(states), eraser.perturbation(states)
+    scale = (target / own) ** 0.5 if own > 0 else 0.0
+    return Eraser(control.left * scale, control.right, control.bias)
+
+

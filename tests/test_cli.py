@@ -104,8 +104,9 @@ def test_limit_takes_the_first_items(tmp_path):
 
 
 def test_report_and_compare(runs, tmp_path, capsys, monkeypatch):
-    from gapeval.report import rows
     from tests_support import SavedFigures
+
+    from gapeval.report import rows
 
     saved = SavedFigures(monkeypatch)
     assert main(["report", str(runs / "noisy")]) == 0

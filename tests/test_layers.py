@@ -15,6 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "gapeval.items",
         "gapeval.options",
+        "gapeval.targets",
         "gapeval.files",
         "gapeval.stats",
         "gapeval.threads",

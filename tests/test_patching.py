@@ -20,20 +20,21 @@ from PIL import Image
 from gapeval.io import save_items
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable
 from gapeval.models.toy.adapter import ToyAdapter
+from interventions.hooks import HookPoint, n_layers, residual_stream
 from interventions.judged import judged
-from interventions.patching.attribution import attribution_grid, compare, verify_top
+from interventions.patching.attribution import agreement, attribution_grid, informative, verify_top
 from interventions.patching.grid import (
-    COMPONENTS,
+    GRIDS,
     Patch,
     Run,
     grid,
-    n_layers,
+    grid_points,
     normalised,
     patched_ld,
     run,
-    site_of,
 )
 from interventions.patching.pairs import Pair, check_pair, synth_pairs
+from interventions.patching.patch_run import grid_study, kept
 from interventions.patching.patched_decoding import (
     Condition,
     condition_patches,
@@ -75,18 +76,24 @@ def test_pairs_align_token_for_token(intervenable, pair):
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
-def test_patching_every_position_gives_one_and_nothing_gives_zero(intervenable, runs, direction):
+def test_normalised_metric_is_exactly_one_for_the_clean_embeddings_and_zero_for_a_no_op(
+    intervenable, runs, direction
+):
+    """Writing the clean run's whole residual stream at the embeddings (prompt and answer) *is* the clean run:
+    exactly 1. Writing nothing, or the corrupted run's own embeddings, is the corrupted run: exactly 0. Every
+    depth of the residual stream, patched everywhere, restores the clean run too."""
     clean, corrupt = runs[direction]
-    assert clean.ld != corrupt.ld
-    width = clean.acts[(0, "resid_pre")].shape[1]
+    embeddings = HookPoint(0, "resid_pre")
+    width = clean.acts[embeddings].shape[1]
     everywhere = tuple(range(min(width - int(o) for o in clean.inputs.offsets)))  # prompt and answer
-    last = n_layers(intervenable)
-    patches = [Patch(*site_of(intervenable, "resid", row), everywhere) for row in range(last + 1)]
-    patches.append(Patch(0, "resid_pre", ()))
+    patches = [Patch(embeddings, everywhere), Patch(embeddings, ())]
+    patches += [Patch(point, everywhere) for point in residual_stream(intervenable)[1:]]
     ld = patched_ld(intervenable, corrupt, clean, patches, skip_no_ops=False)  # the empty patch runs too
     values = normalised(ld.numpy(), clean.ld, corrupt.ld)
-    np.testing.assert_allclose(values[:-1], 1.0, atol=1e-4)
-    assert abs(values[-1]) <= 1e-4
+    assert values[0] == 1.0 and values[1] == 0.0
+    own = patched_ld(intervenable, corrupt, corrupt, patches[:1], skip_no_ops=False)
+    assert normalised(float(own[0]), clean.ld, corrupt.ld) == 0.0
+    np.testing.assert_allclose(values[2:], 1.0, atol=1e-4)
 
 
 def test_grid_has_one_cell_per_layer_and_position_and_agrees_with_single_patches(intervenable, pair, runs):
@@ -96,30 +103,28 @@ def test_grid_has_one_cell_per_layer_and_position_and_agrees_with_single_patches
     last = n_layers(intervenable)
     assert {c: m.shape for c, m in maps.items()} == {
         "resid": (last + 1, len(positions)),
-        "attn": (last, len(positions)),
-        "mlp": (last, len(positions)),
+        "attn_out": (last, len(positions)),
+        "mlp_out": (last, len(positions)),
     }
     assert np.isfinite(np.concatenate([m.ravel() for m in maps.values()])).all()
     # Row 0 of resid is the embeddings: before the span nothing differs, at the span's first token it does.
     assert maps["resid"][0, 0] == 0.0 and maps["resid"][0, 1] != 0.0
-    one = Patch(*site_of(intervenable, "attn", 1), (positions[-1],))
+    one = Patch(HookPoint(1, "attn_out"), (positions[-1],))
     alone = normalised(
         float(patched_ld(intervenable, corrupt, clean, [one], max_rows=2)), clean.ld, corrupt.ld
     )
-    assert maps["attn"][1, -1] == pytest.approx(alone, abs=1e-4)
+    assert maps["attn_out"][1, -1] == pytest.approx(alone, abs=1e-4)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_nnsight_equals_torch_hooks(intervenable, pair, runs, direction):
     clean, corrupt = runs[direction]
     positions = few_positions(intervenable, pair, corrupt)
+    points = residual_stream(intervenable) + grid_points(intervenable, "attn_out")[:2]
     cells = [
-        Patch(*site_of(intervenable, c, row), (p,))
-        for c, rows in (("resid", n_layers(intervenable) + 1), ("attn", 2), ("mlp", 2))
-        for row in range(rows)
-        for p in positions
+        Patch(point, (p,)) for point in points + grid_points(intervenable, "mlp_out")[:2] for p in positions
     ]
-    cells.append(Patch(0, "resid_pre", tuple(positions)))
+    cells.append(Patch(HookPoint(0, "resid_pre"), tuple(positions)))
     hooks = patched_ld(intervenable, corrupt, clean, cells)
     traced = patched_ld(intervenable, corrupt, clean, cells, backend="nnsight")
     torch.testing.assert_close(traced, hooks, atol=1e-5, rtol=1e-5)
@@ -166,15 +171,68 @@ def test_attribution_equals_exact_where_the_metric_is_linear(intervenable, pair,
     exact = grid(linear, clean, corrupt, positions=positions)
     estimate = attribution_grid(linear, clean, corrupt, positions=positions)
     last = n_layers(intervenable)
-    for component, row in (("resid", last), ("mlp", last - 1)):
+    for component, row in (("resid", last), ("mlp_out", last - 1)):
         scale = np.abs(exact[component][row]).max()
         assert scale > 0  # the readout sees these cells
         np.testing.assert_allclose(estimate[component][row], exact[component][row], atol=1e-5, rtol=1e-3)
-    assert -1.0 <= compare(estimate, exact) <= 1.0
     top = verify_top(linear, clean, corrupt, estimate, k=3, positions=positions)
     assert len(top) == 3 and abs(top[0]["attribution"]) >= abs(top[-1]["attribution"])
     for cell in top:
-        assert cell["exact"] == pytest.approx(exact[cell["component"]][cell["row"], cell["column"]], abs=1e-4)
+        assert cell["exact"] == pytest.approx(exact[cell["grid"]][cell["row"], cell["column"]], abs=1e-4)
+        assert cell["hook"] == grid_points(intervenable, cell["grid"])[cell["row"]].name
+
+
+def structural_maps(
+    rng: np.random.Generator, cells: dict[str, np.ndarray], shift: float = 0.0
+) -> dict[str, np.ndarray]:
+    """A random map that is 0 wherever ``cells`` is False; exponential values minus ``shift`` (mostly positive,
+    like patching effects)."""
+    return {g: np.where(m, rng.exponential(size=m.shape) - shift, 0.0) for g, m in cells.items()}
+
+
+@pytest.mark.parametrize("shift, inflated", [(0.0, 0.9), (0.3, 0.15)])
+def test_agreement_reads_informative_cells_so_independent_maps_score_chance(shift, inflated):
+    """Two independent maps sharing a grid's structural zeros (about 2 cells in 3, as on the toy's prompts) rank
+    those zeros together: Spearman over every cell calls them similar (mean 0.94 when every effect is positive,
+    0.22 when a quarter are negative). On the informative cells they are unrelated: rho near 0, top-k overlap
+    near k / n, sign agreement at its chance level; the same map against itself agrees perfectly."""
+    rng = np.random.default_rng(0)
+    shape = {"resid": (5, 8), "attn_out": (4, 8), "mlp_out": (4, 8)}
+    runs = []
+    for _ in range(300):
+        cells = {g: rng.random(s) < 0.35 for g, s in shape.items()}
+        runs.append(agreement(structural_maps(rng, cells, shift), structural_maps(rng, cells, shift), cells))
+    keys = ("spearman", "spearman_informative", "sign_agreement", "sign_chance")
+    mean = {k: np.mean([r[k] for r in runs]) for k in keys}
+    assert mean["spearman"] > inflated  # the old statistic: well above 0 for unrelated maps
+    assert abs(mean["spearman_informative"]) < 0.03
+    assert abs(mean["sign_agreement"] - mean["sign_chance"]) < 0.02
+    for k in ("5", "10"):
+        overlap = np.mean([r["topk_overlap"][k] for r in runs])
+        chance = np.mean([r["topk_chance"][k] for r in runs])
+        assert abs(overlap - chance) < 0.03 and 0.1 < chance < 0.6
+    same_map = structural_maps(np.random.default_rng(1), cells, shift)
+    same = agreement(same_map, same_map, cells)
+    assert same["spearman_informative"] == pytest.approx(1.0)
+    assert same["topk_overlap"] == {"5": 1.0, "10": 1.0} and same["sign_agreement"] == 1.0
+    assert same["informative_cells"] == sum(int(m.sum()) for m in cells.values()) and same["cells"] == 13 * 8
+    flipped = agreement(same_map, {g: -m for g, m in same_map.items()}, cells)
+    assert flipped["spearman_informative"] == pytest.approx(-1.0) and flipped["sign_agreement"] == 0.0
+    assert flipped["topk_overlap"] == {"5": 1.0, "10": 1.0}  # magnitudes agree, signs do not
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_informative_cells_are_those_whose_activations_differ(intervenable, pair, runs, direction):
+    """Before the span nothing differs; the embeddings differ only inside the span (where the tokens do: BPE
+    names may share a piece); after the span every later layer does."""
+    clean, corrupt = runs[direction]
+    cells = informative(intervenable, clean, corrupt)
+    span = intervenable.span_positions(corrupt.request, pair.spans[1], direction)
+    resid = cells["resid"]
+    assert not resid[:, : span[0]].any()  # positions before the span: the same tokens, the same states
+    assert resid[0].any() and set(np.flatnonzero(resid[0])) <= set(span)  # embeddings: inside the span only
+    assert resid[1:, span[-1] + 1 :].all()  # later positions read the span through attention
+    assert not cells["attn_out"][:, : span[0]].any() and cells["mlp_out"][:, span[-1]].all()
 
 
 @pytest.mark.parametrize("route", [("und", "und"), ("gen", "gen"), ("und", "gen"), ("gen", "und")])
@@ -225,29 +283,34 @@ def test_transplanting_an_entity_into_a_decode_of_the_same_entity_leaves_the_jud
     a, b = route
     same = Pair("same", pair.clean, pair.clean, (pair.spans[0], pair.spans[0]))
     model = Recorder(intervenable)
-    wheres, rows = (WHERE, [0, 1, n_layers(intervenable)]) if a == b else (("span",), [0])
-    records = transplant_decodes(model, same, routes=[route], wheres=wheres, rows=rows)
-    assert [(r["where"], r["row"]) for r in records] == [("none", None)] + [
-        (w, i) for w in wheres for i in rows
+    points = residual_stream(intervenable)
+    wheres, hooks = (WHERE, [points[0], points[1], points[-1]]) if a == b else (("span",), points[:1])
+    records = transplant_decodes(model, same, routes=[route], wheres=wheres, hooks=hooks)
+    assert [(r["where"], r["hook"]) for r in records] == [("none", None)] + [
+        (w, p.name) for w in wheres for p in hooks
     ]
     assert len({(r["new"], r["old"], r["output"]) for r in records}) == 1  # judged as the unpatched decode
     for answer in model.answers[1:]:  # and decoded to the same tokens, every item of every decode
         assert np.array_equal(answer, model.answers[0])
     # The control that the writes land: the other entity's embeddings at the span decode its own prompt.
     model.answers.clear()
-    other = transplant_decodes(model, pair, routes=[route], wheres=("span",), rows=[0])
-    assert [(r["where"], r["row"]) for r in other] == [("none", None), ("span", 0)]
+    other = transplant_decodes(model, pair, routes=[route], wheres=("span",), hooks=points[:1])
+    assert [(r["where"], r["hook"]) for r in other] == [("none", None), ("span", "blocks.0.hook_resid_pre")]
     want = Recorder(intervenable)
     judged(want, [dataclasses.replace(pair.clean, id=pair.corrupt.id)], directions=[b])  # the same seed
     assert np.array_equal(model.answers[2], want.answers[0])
 
 
 def test_transplant_across_directions_is_per_layer_and_normalised(intervenable, pair):
+    """The span's embedding is the same token's embedding in both directions: transplanted, the receiving run
+    is the run on the other entity's prompt (its log-prob difference, whatever the gap)."""
     result = transplant_pair(intervenable, pair)
     assert set(result) == {"und->gen", "gen->und"}
     for values in result.values():
         assert values["span"].shape == values["end"].shape == (n_layers(intervenable) + 1,)
-        assert values["gap"].shape == (2,) and np.isfinite(values["span"]).all()
+        on_clean, on_corrupt = values["gap"]
+        ld = values["span"][0] * (on_clean - on_corrupt) + on_corrupt  # back from the normalised value
+        assert ld == pytest.approx(on_clean, abs=1e-4)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -258,7 +321,7 @@ def test_patching_the_whole_prompt_during_decoding_decodes_the_clean_prompt(
     clean, corrupt = runs[direction]
     decode = intervenable.understand if direction == "und" else intervenable.generate
     want = decode([pair.request("clean", direction)])[0]
-    patches = condition_patches(intervenable, pair, direction, Condition("resid", 0, "prompt"))
+    patches = condition_patches(intervenable, pair, direction, Condition(HookPoint(0, "resid_pre"), "prompt"))
     with patched_decoding(intervenable, clean, patches, corrupt.prompt_length, direction):
         got = decode([pair.request("corrupt", direction)])[0]
     after = decode([pair.request("corrupt", direction)])[0]  # hooks are gone
@@ -269,15 +332,15 @@ def test_patching_the_whole_prompt_during_decoding_decodes_the_clean_prompt(
 
 
 def test_edit_table_judges_both_directions_per_condition(intervenable, pair):
-    conditions = [Condition(), Condition("resid", 0, "prompt")]
+    conditions = [Condition(), Condition(HookPoint(0, "resid_pre"), "prompt")]
     records = edit_records(intervenable, [pair], conditions)
     assert len(records) == 2 * len(conditions)
     table = {row["condition"]: row for row in edit_table(records)}
-    assert set(table) == {"none", "resid:0:prompt"}
+    assert set(table) == {"none", "blocks.0.hook_resid_pre:prompt"}
     same_seed = dataclasses.replace(pair.clean, id=pair.corrupt.id)
     baseline = judged(intervenable, [same_seed])[0]
     for d in DIRECTIONS:  # patching the whole prompt at the embeddings answers like the clean prompt
-        assert table["resid:0:prompt"][f"{d}_new"] == baseline[d]["correct"]
+        assert table["blocks.0.hook_resid_pre:prompt"][f"{d}_new"] == baseline[d]["correct"]
 
 
 # --- gapeval patch on the shipped toy ----------------------------------------------------------------------
@@ -305,12 +368,12 @@ def test_patch_command_grid(tmp_path, capsys):
     summary, arrays, pngs = read_run(tmp_path)
     layers = n_layers(ToyAdapter.from_spec("shared"))
     assert summary["mode"] == "grid" and summary["settings"]["pairs"] == 2
-    assert pngs == {f"grid_{d}_{c}.png" for d in DIRECTIONS for c in COMPONENTS}
+    assert pngs == {f"grid_{d}_{c}.png" for d in DIRECTIONS for c in GRIDS}
     for d in DIRECTIONS:
         entry = summary["directions"][d]
         assert len(entry["pairs"]) == 2 and entry["dropped"] == [] and min(map(abs, entry["gaps"])) >= 0.5
         assert entry["columns"][-1] == "end" and "span" in entry["columns"]
-        for c in COMPONENTS:
+        for c in GRIDS:
             assert arrays[f"grid/{d}/{c}"].shape == (2, layers + (c == "resid"), len(entry["columns"]))
         # The embeddings at the span are all that differs between the prompts: patching them is the clean run.
         assert entry["resid_profile"]["span"][0] == pytest.approx(1.0, abs=1e-4)
@@ -321,14 +384,18 @@ def test_patch_command_grid(tmp_path, capsys):
 def test_patch_command_transplant_gives_metric_and_judged_outputs(tmp_path, capsys):
     assert patch_command(tmp_path, "--mode", "transplant") == 0
     summary, arrays, pngs = read_run(tmp_path)
-    rows = len(summary["layers"])
+    rows = len(summary["hooks"])
     assert pngs == {"transplant_und_to_gen.png", "transplant_gen_to_und.png"} and summary["skipped"] == []
     for route, entry in summary["routes"].items():
         assert entry["pairs"] == entry["judged"]["pairs"] == 2
         for where in WHERE:
             assert arrays[f"transplant/{route}/{where}"].shape == (2, rows)
             assert arrays[f"judged/{route}/{where}/new"].shape == (2, rows)
-            assert all(0.0 <= v <= 1.0 for m in ("new", "old") for v in entry["judged"][where][m])
+        judged = entry[
+            "judged"
+        ]  # unpatched: its own entity; the span's embedding transplanted: the other one
+        assert (judged["none"]["new"], judged["none"]["old"]) == ([0.0], [1.0])
+        assert (judged["span"]["new"][0], judged["span"]["old"][0]) == (1.0, 0.0)
         # The entity's token embedding is the same in both directions: transplanted, it is the other's prompt.
         assert entry["span"]["mean"][0] == pytest.approx(1.0, abs=1e-4)
     assert len(summary["records"]) == 2 * 2 * (1 + 2 * rows)
@@ -339,24 +406,60 @@ def test_patch_command_transplant_gives_metric_and_judged_outputs(tmp_path, caps
 def test_patch_command_attribution(tmp_path):
     assert patch_command(tmp_path, "--mode", "attribution", "--top", "3") == 0
     summary, arrays, pngs = read_run(tmp_path)
-    assert pngs == {f"attribution_{d}_{c}.png" for d in DIRECTIONS for c in COMPONENTS}
+    assert pngs == {f"attribution_{d}_{c}.png" for d in DIRECTIONS for c in GRIDS}
     for d in DIRECTIONS:
         entry = summary["directions"][d]
-        assert len(entry["spearman"]) == 2 and all(-1 <= r <= 1 for r in entry["spearman"])
+        assert len(entry["agreement"]) == 2
         assert [len(v["cells"]) for v in entry["top_verified"]] == [3, 3]
-        for c in COMPONENTS:
+        for c in GRIDS:
             assert arrays[f"attribution/{d}/{c}"].shape == arrays[f"exact/{d}/{c}"].shape
 
 
 def test_patch_command_edit(tmp_path):
-    conditions = ["none", "resid:0:span", "resid:1:end"]
+    conditions = ["none", "blocks.0.hook_resid_pre:span", "blocks.1.hook_resid_pre:end"]
     assert patch_command(tmp_path, "--mode", "edit", *(f"--condition={c}" for c in conditions)) == 0
     summary, arrays, pngs = read_run(tmp_path)
     assert arrays == {} and pngs == set()
     assert [row["condition"] for row in summary["table"]] == conditions
     assert len(summary["records"]) == 2 * len(DIRECTIONS) * len(conditions)
-    for row in summary["table"]:
-        assert all(0.0 <= row[f"{d}_{m}"] <= 1.0 for d in DIRECTIONS for m in ("new", "old"))
+    table = {row["condition"]: row for row in summary["table"]}
+    for d in (
+        DIRECTIONS
+    ):  # the toy knows both realms: unpatched it keeps its own; the clean span's embedding flips it
+        assert (table["none"][f"{d}_new"], table["none"][f"{d}_old"]) == (0.0, 1.0)
+        assert table["blocks.0.hook_resid_pre:span"][f"{d}_new"] == 1.0
+
+
+def test_patch_command_that_keeps_no_pair_says_why_and_exits_2(tmp_path, capsys):
+    assert patch_command(tmp_path, "--mode", "attribution", "--min-gap", "1000") == 2
+    err = capsys.readouterr().err
+    for d in DIRECTIONS:
+        assert (
+            f"{d}: kept 0 of 2 pairs; dropped 2 with |LD_clean - LD_corrupt| < --min-gap 1000 nats (" in err
+        )
+    assert "no pair was kept" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all(len(summary["directions"][d]["dropped"]) == 2 for d in DIRECTIONS)
+
+
+def test_a_run_says_how_many_pairs_each_direction_kept(intervenable, pair, tmp_path):
+    """On tiny random Janus the gap is far below 0.5 nats, so nothing is kept; the toys keep the pair."""
+    summary, _ = grid_study(intervenable, [pair], tmp_path, min_gap=0.5, max_rows=64)
+    lines, any_kept = kept(summary, 1, 0.5)
+    gaps = {
+        d: abs(g)
+        for d in DIRECTIONS
+        for g in summary["directions"][d]["gaps"] + [x["gap"] for x in summary["directions"][d]["dropped"]]
+    }
+    for d, line in zip(DIRECTIONS, lines, strict=True):
+        if gaps[d] >= 0.5:
+            assert line == f"{d}: kept 1 of 1 pairs"
+        else:
+            assert (
+                line
+                == f"{d}: kept 0 of 1 pairs; dropped 1 with |LD_clean - LD_corrupt| < --min-gap 0.5 nats ({pair.id} {summary['directions'][d]['dropped'][0]['gap']:.3g})"
+            )
+    assert any_kept == any(g >= 0.5 for g in gaps.values())
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +491,7 @@ def test_patch_command_reads_a_pairs_file(tmp_path, pairs_suite):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ('{"id": "q", "clean": ', "malformed JSON"),
+        ('{"id": "q", "clean": ', "not a JSON line"),
         ("[1, 2]", "expected an object"),
         (
             '{"id": "q", "clean": "nope", "corrupt": "nope", "clean_span": "a", "corrupt_span": "b"}',
@@ -413,8 +516,13 @@ def test_patch_command_names_the_bad_line_of_a_pairs_file(tmp_path, pairs_suite,
 @pytest.mark.parametrize(
     "options, message",
     [
-        (("--mode", "edit", "--condition", "resid:9:span"), "resid rows are 0..4"),
-        (("--mode", "edit", "--condition", "attn:4:end"), "attn rows are 0..3"),
+        (("--mode", "edit", "--condition", "blocks.9.hook_resid_pre:span"), "for L in 0..3"),
+        (
+            ("--mode", "edit", "--condition", "blocks.1.hook_attn:end"),
+            "blocks.L.{hook_resid_pre|hook_attn_out",
+        ),
+        (("--mode", "edit", "--condition", "resid:0:span"), "expected a name like blocks.0.hook_resid_pre"),
+        (("--mode", "edit", "--condition", "blocks.1.hook_attn_out:middle"), "WHERE one of"),
         (("--pairs", "0"), "--pairs must be at least 1"),
     ],
 )

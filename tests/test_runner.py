@@ -300,8 +300,9 @@ def test_judge_selection(small):
 
 def test_report_chart_shows_the_summary(suite, clean, tmp_path, monkeypatch):
     """The chart's bars are the summary's numbers: und and gen accuracy per category, then the joint shares."""
-    from gapeval.report import rows, write_report
     from tests_support import SavedFigures
+
+    from gapeval.report import rows, write_report
 
     noisy = _run(OracleAdapter(suite, und_error=0.3, gen_error=0.5), suite, tmp_path / "noisy", batch_size=64)
     saved = SavedFigures(monkeypatch)

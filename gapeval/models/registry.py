@@ -22,6 +22,7 @@ from typing import Any
 from gapeval.items import Item
 from gapeval.models.base import UMM
 from gapeval.options import check_options
+from gapeval.targets import resolve
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,6 @@ def register_model(name: str, entry: ModelEntry) -> None:
 def model_forms() -> str:
     """Every spec form, for ``--model`` help texts and error messages."""
     return ", ".join(entry.form for entry in MODELS.values())
-
-
-def resolve(target: str | Callable[..., Any]) -> Any:
-    """``"module:attr.attr"`` → the object (a callable passes through)."""
-    if callable(target):
-        return target
-    module, _, path = target.partition(":")
-    value: Any = importlib.import_module(module)
-    for name in path.split("."):
-        value = getattr(value, name)
-    return value
 
 
 def load_model(spec: str, items: Sequence[Item] = (), **kwargs: Any) -> UMM:

@@ -9,12 +9,14 @@ Adding an editor is one module with an :class:`Editor` dataclass and one line he
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from gapeval.targets import resolve
 
 EDITORS: dict[str, Any] = {
     "lora": "interventions.editing.lora:LoraEditor",
     "locate": "interventions.editing.locate:LocateEditor",
+    "embedding": "interventions.editing.embedding:EmbeddingEditor",
 }
 
 
@@ -31,8 +33,4 @@ def editor_class(name: str) -> type:
     """The class registered as ``name`` (imported now)."""
     if name not in EDITORS:
         raise ValueError(f"unknown editor {name!r}; expected one of {', '.join(EDITORS)}")
-    target = EDITORS[name]
-    if isinstance(target, str):
-        module, _, attribute = target.partition(":")
-        target = getattr(importlib.import_module(module), attribute)
-    return target
+    return resolve(EDITORS[name])

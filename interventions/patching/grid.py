@@ -1,7 +1,7 @@
 """Activation patching through the adapter contract: many patches per forward pass, in either direction.
 
 A :class:`Run` is one prompt in one direction, teacher-forced with two answers (row 0: answer *a*, row 1: answer
-*b*), with every site's activations recorded; its log-prob difference ``ld = log P(a) − log P(b)`` is the
+*b*), with every hook point's activations recorded; its log-prob difference ``ld = log P(a) − log P(b)`` is the
 metric's raw value. :func:`patched_ld` writes a source run's activations into a target run: the target's input is
 replicated along the batch, two rows (the two answers) per :class:`Patch`, and each replica's hook overwrites only
 its own rows and positions, so a whole layers × positions grid costs a few batched forwards instead of one
@@ -13,7 +13,7 @@ writes in an nnsight trace (tests check that both agree).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,47 +22,45 @@ import numpy as np
 import torch
 
 from gapeval.models.base import ForwardPass, Intervenable, Request
-from interventions.hooks import layers, recording, rewrites
+from interventions.hooks import (
+    KINDS,
+    HookPoint,
+    forward_order,
+    hook_points,
+    recording,
+    residual_stream,
+    rewrites,
+)
 
-COMPONENTS = ("resid", "attn", "mlp")
-SITE_ORDER = {"resid_pre": 0, "attn": 1, "mlp": 2, "resid_post": 3}  # forward order inside one layer
-
-
-def n_layers(model: Intervenable) -> int:
-    return len(layers(model))
-
-
-def grid_rows(model: Intervenable, component: str) -> int:
-    """Rows of a component's grid: the residual stream entering every layer and leaving the last; else one a layer."""
-    return n_layers(model) + (component == "resid")
-
-
-def site_of(model: Intervenable, component: str, row: int) -> tuple[int, str]:
-    """(layer, site) of a grid row: ``resid`` row ``i`` enters layer ``i`` (row 0 = embeddings), the last row
-    leaves the last layer; ``attn``/``mlp`` row ``i`` is that module's output in layer ``i``."""
-    if component not in COMPONENTS:
-        raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
-    if not 0 <= row < grid_rows(model, component):
-        raise ValueError(
-            f"{component} rows are 0..{grid_rows(model, component) - 1} in this model, got {row}"
-        )
-    if component != "resid":
-        return row, component
-    last = n_layers(model)
-    return (row, "resid_pre") if row < last else (last - 1, "resid_post")
+# A grid is a list of hook points (its rows): the residual stream at every depth, or one component's output in
+# every layer. Arrays, plots and the JSON are keyed by these names.
+GRIDS: dict[str, Callable[[Intervenable], list[HookPoint]]] = {
+    "resid": residual_stream,
+    "attn_out": lambda model: hook_points(model, ("attn_out",)),
+    "mlp_out": lambda model: hook_points(model, ("mlp_out",)),
+}
 
 
-def all_sites(model: Intervenable) -> list[tuple[int, str]]:
-    return [site_of(model, c, row) for c in COMPONENTS for row in range(grid_rows(model, c))]
+def grid_points(model: Intervenable, name: str) -> list[HookPoint]:
+    """The rows of grid ``name`` (:data:`GRIDS`): ``resid`` enters every layer (row 0 = the embeddings) and
+    leaves the last; ``attn_out``/``mlp_out`` are that component's output in every layer."""
+    if name not in GRIDS:
+        raise ValueError(f"grid must be one of {tuple(GRIDS)}, got {name!r}")
+    return GRIDS[name](model)
+
+
+def all_points(model: Intervenable) -> list[HookPoint]:
+    """Every hook point some grid patches, once, in forward order (what a :class:`Run` records)."""
+    points = {p for name in GRIDS for p in grid_points(model, name)}
+    return sorted(points, key=forward_order)
 
 
 @dataclass(frozen=True)
 class Patch:
-    """Write the source's ``site`` activation at ``source`` positions into the target at ``target`` positions
-    (unpadded positions; ``source`` defaults to ``target``). No positions patches nothing."""
+    """Write the source's activation at hook point ``point`` and ``source`` positions into the target at
+    ``target`` positions (unpadded positions; ``source`` defaults to ``target``). No positions patches nothing."""
 
-    layer: int
-    site: str
+    point: HookPoint
     target: tuple[int, ...]
     source: tuple[int, ...] | None = None
 
@@ -73,13 +71,13 @@ class Patch:
 
 @dataclass
 class Run:
-    """One prompt in one direction, teacher-forced with two answers; activations of every site recorded."""
+    """One prompt in one direction, teacher-forced with two answers; activations of every hook point recorded."""
 
     request: Request
     direction: str
     answers: tuple[Any, Any]  # as forward_inputs takes them again cheaply (gen: token ids)
     inputs: ForwardPass  # two rows: answer a, answer b
-    acts: dict[tuple[int, str], torch.Tensor]  # (2, T, d) per site
+    acts: dict[HookPoint, torch.Tensor]  # (2, T, d) per hook point
     logprobs: torch.Tensor  # (2,)
 
     @property
@@ -90,7 +88,7 @@ class Run:
     def prompt_length(self) -> int:
         return self.inputs.prompt_length()
 
-    def values(self, key: tuple[int, str], row: int, positions: Sequence[int]) -> torch.Tensor:
+    def values(self, key: HookPoint, row: int, positions: Sequence[int]) -> torch.Tensor:
         """(len(positions), d) activations of ``row`` at unpadded ``positions``."""
         return self.acts[key][row, self.inputs.columns(row, positions)]
 
@@ -117,9 +115,9 @@ def capture_hidden(model: Intervenable) -> Iterator[list[torch.Tensor]]:
 
 
 def run(model: Intervenable, request: Request, direction: str, answers: Sequence[Any]) -> Run:
-    """Teacher-force ``request`` with both ``answers`` and record every site (see :func:`all_sites`)."""
+    """Teacher-force ``request`` with both ``answers`` and record every hook point (see :func:`all_points`)."""
     inputs = model.forward_inputs([request, request], direction, list(answers))
-    with torch.no_grad(), recording(model, all_sites(model)) as seen, capture_hidden(model) as hidden:
+    with torch.no_grad(), recording(model, all_points(model)) as seen, capture_hidden(model) as hidden:
         model.module(*inputs.args, **inputs.kwargs)
         logprobs = model.answer_logprobs(inputs, hidden[-1]).sum(-1)
     acts = {key: tensors[-1] for key, tensors in seen.items()}
@@ -133,7 +131,7 @@ def normalised(ld: Any, clean_ld: float, corrupt_ld: float) -> Any:
 
 @dataclass
 class _Writes:
-    """Index tensors of one (layer, site): target rows/columns and the source rows/columns they take."""
+    """Index tensors of one hook point: target rows/columns and the source rows/columns they take."""
 
     rows: list[int]
     cols: list[int]
@@ -141,8 +139,8 @@ class _Writes:
     src_cols: list[int]
 
 
-def _plan(target: ForwardPass, source: Run, patches: Sequence[Patch]) -> dict[tuple[int, str], _Writes]:
-    plan: dict[tuple[int, str], _Writes] = defaultdict(lambda: _Writes([], [], [], []))
+def _plan(target: ForwardPass, source: Run, patches: Sequence[Patch]) -> dict[HookPoint, _Writes]:
+    plan: dict[HookPoint, _Writes] = defaultdict(lambda: _Writes([], [], [], []))
     for i, patch in enumerate(patches):
         if len(patch.target) != len(patch.source_positions):
             raise ValueError(
@@ -150,23 +148,23 @@ def _plan(target: ForwardPass, source: Run, patches: Sequence[Patch]) -> dict[tu
             )
         for answer in range(2):  # replica row 2i + a answers a; it reads the source row of the same answer
             row = 2 * i + answer
-            w = plan[(patch.layer, patch.site)]
+            w = plan[patch.point]
             w.rows += [row] * len(patch.target)
             w.cols += target.columns(row, patch.target)
             w.src_rows += [answer] * len(patch.target)
             w.src_cols += source.inputs.columns(answer, patch.source_positions)
-    return dict(sorted(plan.items(), key=lambda kv: (kv[0][0], SITE_ORDER[kv[0][1]])))
+    return dict(sorted(plan.items(), key=lambda kv: forward_order(kv[0])))
 
 
-def _values(source: Run, key: tuple[int, str], w: _Writes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _values(source: Run, key: HookPoint, w: _Writes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, cols = torch.tensor(w.rows, dtype=torch.long), torch.tensor(w.cols, dtype=torch.long)
     return rows, cols, source.acts[key][w.src_rows, w.src_cols]
 
 
 def _forward_torch(
-    model: Intervenable, inputs: ForwardPass, source: Run, plan: dict[tuple[int, str], _Writes]
+    model: Intervenable, inputs: ForwardPass, source: Run, plan: dict[HookPoint, _Writes]
 ) -> torch.Tensor:
-    def writer(key: tuple[int, str], w: _Writes):
+    def writer(key: HookPoint, w: _Writes):
         rows, cols, values = _values(source, key, w)
 
         def fn(t: torch.Tensor) -> torch.Tensor:
@@ -182,7 +180,7 @@ def _forward_torch(
 
 
 def _forward_nnsight(
-    model: Intervenable, inputs: ForwardPass, source: Run, plan: dict[tuple[int, str], _Writes]
+    model: Intervenable, inputs: ForwardPass, source: Run, plan: dict[HookPoint, _Writes]
 ) -> torch.Tensor:
     """The same writes inside an nnsight trace, module by module in forward order."""
     import nnsight
@@ -190,13 +188,14 @@ def _forward_nnsight(
 
     traced = NNsight(model.module)
     with traced.trace(*inputs.args, **inputs.kwargs):
-        for (layer, site), w in plan.items():
-            rows, cols, values = _values(source, (layer, site), w)
-            block = traced.get(f"{model.layers_path}.{layer}")
-            if site == "resid_pre":
-                tensor = block.input
+        for point, w in plan.items():
+            rows, cols, values = _values(source, point, w)
+            kind = KINDS[point.kind]
+            envoy = traced.get(f"{model.layers_path}.{point.layer}")
+            envoy = envoy if kind.component is None else envoy.get(model.components[kind.component])
+            if kind.reads_input:
+                tensor = envoy.input
             else:
-                envoy = block if site == "resid_post" else block.get(model.components[site])
                 tensor = envoy.output
                 tensor = tensor[0] if isinstance(tensor, tuple) else tensor
             tensor[rows, cols] = values.to(tensor.dtype)
@@ -208,7 +207,7 @@ def _forward_nnsight(
 def no_op(target: Run, source: Run, patch: Patch) -> bool:
     """Whether ``patch`` would write exactly the values the target already has (e.g. clean and corrupted prompts
     before the span): its result is the target's own, with no forward pass."""
-    key = (patch.layer, patch.site)
+    key = patch.point
     return all(
         torch.equal(target.values(key, j, patch.target), source.values(key, j, patch.source_positions))
         for j in range(2)
@@ -250,13 +249,11 @@ def patched_ld(
     return out
 
 
-def grid_patches(
-    model: Intervenable, component: str, positions: Sequence[int]
-) -> list[tuple[int, int, Patch]]:
-    """(row, column, patch) of every cell of a component's grid over ``positions`` (one position a cell)."""
+def grid_patches(model: Intervenable, name: str, positions: Sequence[int]) -> list[tuple[int, int, Patch]]:
+    """(row, column, patch) of every cell of grid ``name`` over ``positions`` (one position a cell)."""
     return [
-        (row, col, Patch(*site_of(model, component, row), (pos,)))
-        for row in range(grid_rows(model, component))
+        (row, col, Patch(point, (pos,)))
+        for row, point in enumerate(grid_points(model, name))
         for col, pos in enumerate(positions)
     ]
 
@@ -266,24 +263,24 @@ def grid(
     clean: Run,
     corrupt: Run,
     *,
-    components: Sequence[str] = COMPONENTS,
+    grids: Sequence[str] = tuple(GRIDS),
     positions: Sequence[int] | None = None,
     max_rows: int = 256,
     backend: str = "torch",
 ) -> dict[str, np.ndarray]:
-    """Normalised metric of patching each (layer, position) cell from ``clean`` into ``corrupt``.
+    """Normalised metric of patching each cell (hook point, position) from ``clean`` into ``corrupt``.
 
-    Returns ``{component: (rows, len(positions))}``; positions default to every prompt position (both prompts
-    have the same length by construction, :func:`interventions.patching.pairs.check_pair`). All components' cells share
-    the batched passes.
+    Returns ``{grid: (rows, len(positions))}`` (rows: :func:`grid_points`); positions default to every prompt position (both prompts
+    have the same length by construction, :func:`interventions.patching.pairs.check_pair`). All grids' cells share the
+    batched passes.
     """
     if clean.prompt_length != corrupt.prompt_length:
         raise ValueError(f"prompts differ in length: {clean.prompt_length} vs {corrupt.prompt_length}")
     positions = list(range(corrupt.prompt_length)) if positions is None else list(positions)
-    cells = [(c, row, col, p) for c in components for row, col, p in grid_patches(model, c, positions)]
+    cells = [(g, row, col, p) for g in grids for row, col, p in grid_patches(model, g, positions)]
     ld = patched_ld(model, corrupt, clean, [p for *_, p in cells], max_rows=max_rows, backend=backend)
     values = normalised(ld.numpy(), clean.ld, corrupt.ld)
-    out = {c: np.full((grid_rows(model, c), len(positions)), np.nan) for c in components}
-    for (c, row, col, _), v in zip(cells, values, strict=True):
-        out[c][row, col] = v
+    out = {g: np.full((len(grid_points(model, g)), len(positions)), np.nan) for g in grids}
+    for (g, row, col, _), v in zip(cells, values, strict=True):
+        out[g][row, col] = v
     return out

@@ -8,13 +8,13 @@ a suite in the toolkit format (:func:`load_pairs`), so any model and any entity 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gapeval.files import numbered_jsonl
 from gapeval.items import Item
 from gapeval.models.base import DIRECTIONS, Intervenable, Request
 
@@ -113,14 +113,8 @@ def load_pairs(path: str | Path, items: Sequence[Item], model: Intervenable | No
     Every error is a ValueError that names the file and line."""
     by_id = {it.id: it for it in items}
     pairs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in numbered_jsonl(path, objects_only=False):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: malformed JSON: {err}") from None
         try:
             pair = _pair(record, by_id)
             if model is not None:

@@ -6,6 +6,7 @@ Only argparse at import time: ``gapeval --help`` must not import torch.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from gapeval.cli_args import add_model_arguments, load_model_from_args
@@ -41,23 +42,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--condition",
         action="append",
         default=[],
-        metavar="COMPONENT:ROW:WHERE",
-        help="edit mode: patch to decode with, e.g. resid:0:span (WHERE: span, end, prompt); repeatable; "
-        "default: none plus the residual stream at the span and the end, every layer",
+        metavar="HOOK:WHERE",
+        help="edit mode: patch to decode with, a hook point and where, e.g. blocks.0.hook_resid_pre:span (WHERE: "
+        "span, end, prompt); repeatable; default: none plus the residual stream at the span and the end, every layer",
     )
 
 
 def handler(args: argparse.Namespace) -> int:
     from interventions.patching import patch_run
-    from interventions.patching.grid import site_of
     from interventions.patching.pairs import load_pairs, synth_pairs
     from interventions.patching.patched_decoding import default_conditions, parse_condition
 
     model = load_model_from_args(args, intervenable=True)
-    conditions = [parse_condition(c) for c in args.condition] or default_conditions(model)
-    for condition in conditions if args.mode == "edit" else []:  # checked before any pair is built
-        if condition.component is not None:
-            site_of(model, condition.component, condition.row)
+    # checked before any pair is built
+    conditions = [parse_condition(model, c) for c in args.condition] or default_conditions(model)
     if args.pairs_file:
         if not args.items:
             raise ValueError("--pairs-file needs --items (the suite its ids refer to)")
@@ -76,13 +74,22 @@ def handler(args: argparse.Namespace) -> int:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
     common = {"min_gap": args.min_gap, "max_rows": args.max_rows, "settings": settings}
     if args.mode == "grid":
-        _, text = patch_run.grid_study(model, pairs, args.out, backend=args.backend, top=args.top, **common)
+        summary, text = patch_run.grid_study(
+            model, pairs, args.out, backend=args.backend, top=args.top, **common
+        )
     elif args.mode == "transplant":
-        _, text = patch_run.transplant_study(model, pairs, args.out, seed=args.seed, **common)
+        summary, text = patch_run.transplant_study(model, pairs, args.out, seed=args.seed, **common)
     elif args.mode == "attribution":
-        _, text = patch_run.attribution_study(model, pairs, args.out, top=args.top, **common)
+        summary, text = patch_run.attribution_study(model, pairs, args.out, top=args.top, **common)
     else:
-        _, text = patch_run.edit_study(model, pairs, args.out, conditions, seed=args.seed, settings=settings)
+        summary, text = patch_run.edit_study(
+            model, pairs, args.out, conditions, seed=args.seed, settings=settings
+        )
     print(text)
+    lines, any_kept = patch_run.kept(summary, len(pairs), args.min_gap)
+    print("\n".join(lines), file=sys.stdout if any_kept else sys.stderr)
     print(f"wrote {args.out}")
+    if not any_kept:
+        print("no pair was kept: nothing was measured (lower --min-gap, or use other pairs)", file=sys.stderr)
+        return 2
     return 0

@@ -31,13 +31,6 @@ def position_labels(lengths: Sequence[int], spans: Sequence[Sequence[int]]) -> l
     return ["end" if j == width - 1 else "span" if j in shared else str(j - width + 1) for j in range(width)]
 
 
-def row_labels(component: str, rows: int) -> list[str]:
-    """``resid`` rows enter layer i (``in i``; row 0 = embeddings) and the last leaves the last layer."""
-    if component == "resid":
-        return [f"in {i}" for i in range(rows - 1)] + [f"out {rows - 2}"]
-    return [f"{component} {i}" for i in range(rows)]
-
-
 def heatmap(path: Path, stack: np.ndarray, rows: list[str], columns: list[str], title: str) -> None:
     """Mean over pairs (left) and the per-pair standard deviation (right) of an (N, rows, columns) stack."""
     import matplotlib
@@ -90,20 +83,24 @@ def layer_plot(path: Path, series: dict[str, np.ndarray], rows: list[str], title
 
 
 def top_cells(
-    stacks: dict[str, np.ndarray], columns: list[str], k: int = 10, by: str = "mean"
+    stacks: dict[str, np.ndarray],
+    rows: dict[str, list[str]],
+    columns: list[str],
+    k: int = 10,
+    by: str = "mean",
 ) -> list[dict[str, Any]]:
-    """The ``k`` cells with the largest |mean over pairs| across ``{name: (N, rows, columns)}`` stacks."""
+    """The ``k`` cells with the largest |mean over pairs| across ``{name: (N, rows, columns)}`` stacks; ``rows``
+    maps each stack's grid (its name's last part) to its rows' hook-point names."""
     cells = []
     for name, stack in stacks.items():
         mean, std = np.nanmean(stack, 0), np.nanstd(stack, 0)
-        component = name.split("/")[-1]
-        labels = row_labels(component, mean.shape[0])
+        labels = rows[name.split("/")[-1]]
         for row, col in np.ndindex(mean.shape):
             if np.isfinite(mean[row, col]):
                 cells.append(
                     {
                         "grid": name,
-                        "layer": labels[row],
+                        "hook": labels[row],
                         "position": columns[col],
                         "mean": float(mean[row, col]),
                         "std": float(std[row, col]),

@@ -17,9 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from gapeval.models.base import DIRECTIONS, Intervenable
+from interventions.hooks import residual_stream
 from interventions.patching import patch_report as report
-from interventions.patching.attribution import attribution_grid, compare, verify_top
-from interventions.patching.grid import Run, grid, grid_rows, run
+from interventions.patching.attribution import TOP_K, agreement, attribution_grid, informative, verify_top
+from interventions.patching.grid import GRIDS, Run, grid, grid_points, run
 from interventions.patching.pairs import Pair
 from interventions.patching.patched_decoding import Condition, edit_records, edit_table
 from interventions.patching.transplant import (
@@ -91,17 +92,39 @@ def _profile(stack: np.ndarray, columns: list[str]) -> dict[str, list[float]]:
     }
 
 
-def _plot_grids(out: Path, stacks: dict[str, np.ndarray], columns: list[str], title: str) -> None:
+def hook_names(model: Intervenable) -> dict[str, list[str]]:
+    """Each grid's rows as hook-point names (row labels in plots, tables and the JSON)."""
+    return {g: [p.name for p in grid_points(model, g)] for g in GRIDS}
+
+
+def _plot_grids(
+    out: Path, stacks: dict[str, np.ndarray], rows: dict[str, list[str]], columns: list[str], title: str
+) -> None:
     for key, stack in stacks.items():
-        component = key.split("/")[-1]
-        name = key.replace("/", "_")
         report.heatmap(
-            out / f"{name}.png",
-            stack,
-            report.row_labels(component, stack.shape[1]),
-            columns,
-            f"{title} {key}",
+            out / f"{key.replace('/', '_')}.png", stack, rows[key.split("/")[-1]], columns, f"{title} {key}"
         )
+
+
+def kept(summary: dict[str, Any], pairs: int, min_gap: float) -> tuple[list[str], bool]:
+    """One line per direction (grid, attribution) or route (transplant): how many of the ``pairs`` were kept and
+    why the others were not; and whether any was kept anywhere (a run that kept none measured nothing)."""
+    groups = summary.get("directions") or summary.get("routes") or {}
+    lines, any_kept = [], not groups
+    skipped = summary.get("skipped", [])
+    for name, entry in groups.items():
+        n = entry["pairs"] if isinstance(entry["pairs"], int) else len(entry["pairs"])
+        any_kept |= n > 0
+        why = []
+        if entry["dropped"]:
+            gaps = ", ".join(f"{d['pair']} {d['gap']:.3g}" for d in entry["dropped"])
+            why.append(
+                f"{len(entry['dropped'])} with |LD_clean - LD_corrupt| < --min-gap {min_gap:g} nats ({gaps})"
+            )
+        if skipped:
+            why.append(f"{len(skipped)} whose spans tokenise differently in the two directions")
+        lines.append(f"{name}: kept {n} of {pairs} pairs" + (f"; dropped {'; '.join(why)}" if why else ""))
+    return lines, any_kept
 
 
 def grid_study(
@@ -130,21 +153,22 @@ def grid_study(
         "seconds_per_pair": float(np.mean(seconds)),
         "directions": {},
     }
-    arrays, cells = {}, []
+    arrays, cells, rows = {}, [], hook_names(model)
+    summary["hooks"] = rows
     for d in DIRECTIONS:
         summary["directions"][d] = seen.direction_summary(d)
         if not seen.kept[d]:
             continue
         stacks, columns = seen.stacks(d), seen.columns(d)
         arrays |= stacks
-        _plot_grids(out, stacks, columns, "patching")
+        _plot_grids(out, stacks, rows, columns, "patching")
         summary["directions"][d]["resid_profile"] = _profile(stacks[f"grid/{d}/resid"], columns)
         summary["directions"][d]["mean"] = {key: np.nanmean(s, 0) for key, s in stacks.items()}
-        cells += report.top_cells(stacks, columns, top)
+        cells += report.top_cells(stacks, rows, columns, top)
     cells = sorted(cells, key=lambda c: -abs(c["mean"]))[:top]
     summary["top"] = cells
     report.write(out, arrays, summary)
-    return summary, report.table(cells, ("grid", "layer", "position", "mean", "std"))
+    return summary, report.table(cells, ("grid", "hook", "position", "mean", "std"))
 
 
 def transplant_study(
@@ -176,17 +200,17 @@ def transplant_study(
                 dropped.setdefault(route, []).append({"pair": pair.id, "gap": gap})
             else:
                 kept.setdefault(route, []).append(values)
-    labels = report.row_labels("resid", grid_rows(model, "resid"))
+    labels = [p.name for p in residual_stream(model)]
     routes = [f"{a}->{b}" for a, b in ROUTES]
     summary: dict[str, Any] = {
         "settings": settings,
         "mode": "transplant",
-        "layers": labels,
+        "hooks": labels,
         "skipped": skipped,
         "routes": {r: {"pairs": len(kept.get(r, [])), "dropped": dropped.get(r, [])} for r in routes},
         "records": records,
     }
-    arrays, rows = {}, [{"layer": label} for label in labels]
+    arrays, rows = {}, [{"hook": label} for label in labels]
     for route, results in kept.items():
         stacks = {where: np.stack([r[where] for r in results]) for where in WHERE}
         report.layer_plot(
@@ -200,7 +224,7 @@ def transplant_study(
                 row[f"{route} {where}"] = float(mean[i])
     verdicts = judged_arrays(records)
     arrays |= {f"judged/{key}": v for key, v in verdicts.items()}
-    judged_rows = [{"layer": "unpatched"}] + [{"layer": label} for label in labels]
+    judged_rows = [{"hook": "unpatched"}] + [{"hook": label} for label in labels]
     for route in routes if records else []:
         judged = {
             w: {m: shares(verdicts[f"{route}/{w}/{m}"]) for m in ("new", "old")} for w in ("none", *WHERE)
@@ -212,8 +236,8 @@ def transplant_study(
             for row, (new, old) in zip(judged_rows, marks, strict=True):
                 row[f"{route} {where}"] = "/".join("-" if np.isnan(v) else f"{v:.2f}" for v in (new, old))
     report.write(out, arrays, summary)
-    columns = ["layer"] + [f"{route} {where}" for route in kept for where in WHERE]
-    judged_columns = ["layer"] + [f"{route} {where}" for route in routes for where in WHERE]
+    columns = ["hook"] + [f"{route} {where}" for route in kept for where in WHERE]
+    judged_columns = ["hook"] + [f"{route} {where}" for route in routes for where in WHERE]
     return summary, "\n".join(
         [
             "normalised metric (0: the receiving run on its own entity, 1: on the transplanted one)",
@@ -222,6 +246,30 @@ def transplant_study(
             report.table(judged_rows, judged_columns),
         ]
     )
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _agreement_row(direction: str, agreements: list[dict[str, Any]], errors: list[float], top: int) -> dict:
+    """One printed row: means over pairs of :func:`interventions.patching.attribution.agreement`'s numbers."""
+    row: dict[str, Any] = {
+        "direction": direction,
+        "pairs": len(agreements),
+        "rho all": _mean([a["spearman"] for a in agreements]),
+        "rho informative": _mean([a["spearman_informative"] for a in agreements]),
+        "rho inf. min": min((a["spearman_informative"] for a in agreements), default=None),
+        "sign agree (chance)": f"{_mean([a['sign_agreement'] for a in agreements]):.2f} "
+        f"({_mean([a['sign_chance'] for a in agreements]):.2f})",
+        f"top-{top} |attr-exact|": _mean(errors),
+    }
+    for k in TOP_K:
+        overlap = _mean([a["topk_overlap"][str(k)] for a in agreements])
+        chance = _mean([a["topk_chance"][str(k)] for a in agreements])
+        row[f"top-{k} overlap (chance)"] = "-" if overlap is None else f"{overlap:.2f} ({chance:.2f})"
+    return row
 
 
 def attribution_study(
@@ -234,9 +282,10 @@ def attribution_study(
     top: int = 10,
     settings: dict[str, Any] | None = None,
 ) -> Result:
-    """Attribution grids, the exact grids they estimate, their rank correlation, and the top cells verified."""
+    """Attribution grids, the exact grids they estimate, their agreement on the informative cells
+    (:func:`interventions.patching.attribution.agreement`, per pair and direction), and the top cells verified."""
     seen = _Collector()
-    rho: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
+    agreements: dict[str, list[dict[str, Any]]] = {d: [] for d in DIRECTIONS}
     verified: dict[str, list[dict[str, Any]]] = {d: [] for d in DIRECTIONS}
     seconds = {"attribution": [], "exact": []}
     for pair in tqdm(pairs, desc="attribution", unit="pair"):
@@ -252,40 +301,39 @@ def attribution_study(
             seconds["exact"].append(time.perf_counter() - middle)
             seen.add(d, "attribution", estimate)
             seen.add(d, "exact", exact)
-            rho[d].append(compare(estimate, exact))
+            cells = informative(model, clean, corrupt)
+            agreements[d].append({"pair": pair.id} | agreement(estimate, exact, cells))
             verified[d].append({"pair": pair.id, "cells": verify_top(model, clean, corrupt, estimate, top)})
     summary: dict[str, Any] = {
         "settings": settings,
         "mode": "attribution",
         "seconds_per_grid": {k: float(np.mean(v)) if v else None for k, v in seconds.items()},
+        "hooks": hook_names(model),
         "directions": {},
     }
     arrays, rows = {}, []
     for d in DIRECTIONS:
         summary["directions"][d] = seen.direction_summary(d) | {
-            "spearman": rho[d],
+            "agreement": agreements[d],
             "top_verified": verified[d],
         }
         if not seen.kept[d]:
             continue
         stacks = seen.stacks(d)
         arrays |= stacks
-        _plot_grids(
-            out, {k: s for k, s in stacks.items() if k.startswith("attribution/")}, seen.columns(d), ""
-        )
+        estimates = {k: s for k, s in stacks.items() if k.startswith("attribution/")}
+        _plot_grids(out, estimates, summary["hooks"], seen.columns(d), "")
         errors = [abs(c["attribution"] - c["exact"]) for v in verified[d] for c in v["cells"]]
-        rows.append(
-            {
-                "direction": d,
-                "pairs": len(seen.kept[d]),
-                "spearman mean": float(np.nanmean(rho[d])),
-                "spearman min": float(np.nanmin(rho[d])),
-                f"top-{top} |attr-exact| mean": float(np.mean(errors)),
-            }
-        )
+        rows.append(_agreement_row(d, agreements[d], errors, top))
     report.write(out, arrays, summary)
-    columns = ("direction", "pairs", "spearman mean", "spearman min", f"top-{top} |attr-exact| mean")
-    return summary, report.table(rows, columns)
+    columns = list(rows[0]) if rows else ["direction", "pairs"]
+    return summary, "\n".join(
+        [
+            "attribution vs exact patching; rho informative, top-k overlap and sign agreement are read on the "
+            "cells whose clean and corrupted activations differ (rho all also counts the shared zeros)",
+            report.table(rows, columns),
+        ]
+    )
 
 
 def edit_study(

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from gapeval.models.base import DIRECTIONS, Intervenable
-from interventions.hooks import decoding_rewrite, rewrites
+from interventions.hooks import HookPoint, decoding_rewrite, parse_hook_point, residual_stream, rewrites
 from interventions.judged import judged
-from interventions.patching.grid import COMPONENTS, Patch, Run, grid_rows, run, site_of
+from interventions.patching.grid import Patch, Run, run
 from interventions.patching.pairs import Pair, prompt_length
 
 WHERE = ("span", "end", "prompt")
@@ -29,39 +29,37 @@ WHERE = ("span", "end", "prompt")
 
 @dataclass(frozen=True)
 class Condition:
-    """Patch ``component`` row ``row`` (as in the grid) at ``where``: the entity span, the last prompt token, or
-    every prompt position. ``component`` None is the unpatched model."""
+    """Patch hook point ``point`` at ``where``: the entity span, the last prompt token, or every prompt
+    position. ``point`` None is the unpatched model."""
 
-    component: str | None = None
-    row: int = 0
+    point: HookPoint | None = None
     where: str = "span"
 
     @property
     def name(self) -> str:
-        return "none" if self.component is None else f"{self.component}:{self.row}:{self.where}"
+        return "none" if self.point is None else f"{self.point.name}:{self.where}"
 
 
-def parse_condition(text: str) -> Condition:
-    """``none`` or ``COMPONENT:ROW:WHERE``, e.g. ``resid:0:span``."""
+def parse_condition(model: Intervenable, text: str) -> Condition:
+    """``none`` or ``HOOK:WHERE``, e.g. ``blocks.0.hook_resid_pre:span`` (ValueError naming what is valid)."""
     if text == "none":
         return Condition()
-    parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in COMPONENTS or parts[2] not in WHERE or not parts[1].isdigit():
-        raise ValueError(
-            f"condition {text!r}: expected none or COMPONENT:ROW:WHERE with {COMPONENTS}, {WHERE}"
-        )
-    return Condition(parts[0], int(parts[1]), parts[2])
+    hook, _, where = text.rpartition(":")
+    if not hook or where not in WHERE:
+        raise ValueError(f"condition {text!r}: expected none or HOOK:WHERE with WHERE one of {WHERE}")
+    return Condition(parse_hook_point(model, hook), where)
 
 
 def default_conditions(model: Intervenable) -> list[Condition]:
-    """Unpatched, then the residual stream at the span and at the last prompt token, entering every layer."""
-    rows = range(grid_rows(model, "resid"))
-    return [Condition()] + [Condition("resid", row, where) for where in ("span", "end") for row in rows]
+    """Unpatched, then the residual stream at the span and at the last prompt token, entering every layer and
+    leaving the last."""
+    points = residual_stream(model)
+    return [Condition()] + [Condition(point, where) for where in ("span", "end") for point in points]
 
 
 def condition_patches(model: Intervenable, pair: Pair, direction: str, condition: Condition) -> list[Patch]:
     """The patches of ``condition`` on ``pair``'s prompts in ``direction`` (clean and corrupt positions align)."""
-    if condition.component is None:
+    if condition.point is None:
         return []
     request = pair.request("corrupt", direction)
     if condition.where == "span":
@@ -70,7 +68,7 @@ def condition_patches(model: Intervenable, pair: Pair, direction: str, condition
         positions = [prompt_length(model, request, direction) - 1]
     else:
         positions = list(range(prompt_length(model, request, direction)))
-    return [Patch(*site_of(model, condition.component, condition.row), tuple(positions))]
+    return [Patch(condition.point, tuple(positions))]
 
 
 @contextmanager
@@ -80,9 +78,9 @@ def patched_decoding(
     """Inside the block, the prompt pass of decoding a ``length``-token prompt in ``direction`` gets ``source``'s
     activations (its row 0) at the patches' target positions; decoding steps are left (they read the writes
     through the KV cache)."""
-    plan: dict[tuple[int, str], tuple[list[int], list[torch.Tensor]]] = {}
+    plan: dict[HookPoint, tuple[list[int], list[torch.Tensor]]] = {}
     for patch in patches:
-        key = (patch.layer, patch.site)
+        key = patch.point
         from_end, values = plan.setdefault(key, ([], []))
         from_end += [p - length for p in patch.target]
         values.append(source.values(key, 0, patch.source_positions))

@@ -7,9 +7,10 @@ choice. Targets are strings so building the command line's parser imports nothin
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
+
+from gapeval.targets import resolve
 
 SECTIONS: dict[str, str] = {
     "gap": "experiments.paper_study.sections.gap_table:gap_section",
@@ -34,8 +35,4 @@ def section_function(name: str) -> Callable[..., Any]:
     """The function of section ``name`` (its module imported only now, when the section runs)."""
     if name not in SECTIONS:
         raise ValueError(f"unknown section {name!r}; expected one of {', '.join(SECTIONS)}")
-    target = SECTIONS[name]
-    if callable(target):
-        return target
-    module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)
+    return resolve(SECTIONS[name])
