@@ -218,11 +218,10 @@ register(Command("suite", "suite utilities (export)", _suite_arguments, _suite))
 TRAIN_DEFAULTS = {"steps": 24000, "seed": 0, "threads": 1}
 # Training-condition flags: (flag, TrainConfig field, type, help). Each overrides --config only when given.
 TRAIN_KNOBS = (
-    ("--engine", "engine", str, "how a step is computed: reference (the shipped recipe's bytes) or packed "
-     "(the fast path: the same loss in another float order, a recipe change)"),
+    ("--engine", "engine", str, "reference (the shipped recipe's bytes) or packed (fast; a recipe change)"),
     ("--n-realms", "n_realms", int, "taught realms (default 48; more add realms, the default world stays)"),
     ("--pictured-share", "pictured_share", float, "share of realms whose emblem is drawn in training (0.5)"),
-    ("--consistency", "consistency", float, "mixture weight of the text-then-draw consistency task (0 = off)"),
+    ("--consistency", "consistency", float, "mixture weight of the state-then-draw task (default 0: off)"),
     ("--d-model", "d_model", int, "model width (default 128)"),
     ("--n-layers", "n_layers", int, "model depth (default 4)"),
     ("--n-heads", "n_heads", int, "attention heads (default 4)"),
@@ -261,7 +260,9 @@ def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
         action=_Given,
         help=f"optimiser steps (default: {d['steps']})",
     )
-    p.add_argument("--seed", type=int, default=d["seed"], action=_Given, help=f"training seed (default: {d['seed']})")
+    p.add_argument(
+        "--seed", type=int, default=d["seed"], action=_Given, help=f"training seed (default: {d['seed']})"
+    )
     p.add_argument(
         "--threads",
         type=int,

@@ -81,5 +81,3 @@ def matched_random(eraser: Eraser, states: torch.Tensor, seed: int = 0) -> Erase
     own, target = control.perturbation(states), eraser.perturbation(states)
     scale = (target / own) ** 0.5 if own > 0 else 0.0
     return Eraser(control.left * scale, control.right, control.bias)
-
-

@@ -124,6 +124,12 @@ class Intervenable(UMM, Protocol):
         ...
 
     @property
+    def embed_path(self) -> str:
+        """Path of the nn.Embedding that turns the prompt's text token ids into the decoder's input vectors
+        (called with the (B, T) ids of a pass; what an editor of a name's input rows hooks)."""
+        ...
+
+    @property
     def components(self) -> dict[str, str]:
         """Sub-module paths inside one decoder layer: ``attn`` and ``mlp`` (outputs added to the residual
         stream) and ``mlp_out`` (the MLP's output projection, the Linear a locate-then-edit update writes)."""

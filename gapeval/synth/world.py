@@ -8,6 +8,7 @@ marks an answer. :func:`parse_scene` reads a picture back from pixels alone, so 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -318,6 +319,38 @@ class World:
         ]
         reserve = _reserve_realms(random.Random(f"world-{seed}-reserve"), 2 * n_reserve, names, kinds)
         self.reserve_known, self.reserve_unseen = reserve[:n_reserve], reserve[n_reserve:]
+
+    @classmethod
+    def extended(
+        cls, seed: int = 0, n_realms: int = 48, pictured_share: float = 0.5, n_reserve: int = 16
+    ) -> World:
+        """The default world with another number of taught realms and/or another pictured share.
+
+        The default world's realms keep their names, founders and emblems; fewer realms are a prefix of them,
+        more add realms drawn from a stream of their own (``world-{seed}-extra``), named like the others and
+        clashing with no default or reserve name. So the reserve realms and the synth suite stay as they are.
+        Pictured realms are chosen in a fixed order per group (default realms: the default's pictured ones
+        first; added realms: a seeded order), so a larger share only adds realms, and the defaults give the
+        default world.
+        """
+        world = cls(seed, n_reserve=n_reserve)
+        base, extra = world.realms[:n_realms], max(0, n_realms - len(world.realms))
+        taken = {
+            w for r in world.realms + world.reserve_known + world.reserve_unseen for w in (r.name, r.founder)
+        }
+        rng = random.Random(f"world-{seed}-extra")
+        added = _reserve_realms(rng, extra, taken, all_kinds())
+        order = random.Random(f"world-{seed}-pictured")
+        ranked = [
+            sorted(range(len(base)), key=lambda i: (not base[i].pictured, order.random())),
+            order.sample(range(len(added)), len(added)),
+        ]
+        world.realms = [
+            dataclasses.replace(r, pictured=k in set(rank[: round(pictured_share * len(group))]))
+            for group, rank in zip((base, added), ranked, strict=True)
+            for k, r in enumerate(group)
+        ]
+        return world
 
     def realm(self, name: str) -> Realm:
         """A realm by name: taught or reserve (see :attr:`reserve_known`, :attr:`reserve_unseen`)."""

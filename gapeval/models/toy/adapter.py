@@ -60,7 +60,7 @@ class ToyAdapter(TeacherForcing):
         self.model.requires_grad_(False)  # frozen: only what an intervention adds (e.g. LoRA) trains
         self.variant = self.model.config.variant
         self.name = f"toy-{self.variant}"
-        self.builder = SequenceBuilder(self.tokenizer, self.codec, self.variant)
+        self.builder = SequenceBuilder(self.tokenizer, self.codec, self.model.input_variant)
         self.batch_size, self.temperature, self.max_new_tokens = (
             int(batch_size),
             float(temperature),
@@ -124,22 +124,22 @@ class ToyAdapter(TeacherForcing):
         """
         seqs = [self.builder.prompt(r.prompt, r.image, direction) for r in requests]
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        states, caches = [], []
+        states, caches, model = [], [], self.model.view(direction)
         for start in range(0, len(order), PREFILL_ROWS):
             batch, _ = self.builder.collate([seqs[i] for i in order[start : start + PREFILL_ROWS]])
             caches.append({})
-            states.append(self.model(batch, caches[-1])[:, -1])
+            states.append(model(batch, caches[-1])[:, -1])
         back = torch.argsort(torch.tensor(order))
         return torch.cat(states)[back], ToyUMM.select_rows(ToyUMM.join_caches(caches), back)
 
     @torch.no_grad()
     def _understand_batch(self, requests: Sequence[Request]) -> list[str]:
         h, cache = self._prefill(requests, "und")
-        gens, eos = self._generators(requests), self.tokenizer.eos_id
+        gens, eos, model = self._generators(requests), self.tokenizer.eos_id, self.model.view("und")
         out = torch.full((len(requests), self.max_new_tokens), eos)
         rows = torch.arange(len(requests))  # rows still decoding; finished ones leave the batch and cache
         for step in range(self.max_new_tokens):
-            tok = self._pick(self.model.text_logits(h, cache.get("memory")) + self._text_bias, gens)
+            tok = self._pick(model.text_logits(h, cache.get("memory")) + self._text_bias, gens)
             out[rows, step] = tok
             going = tok != eos
             if not going.all():
@@ -148,7 +148,7 @@ class ToyAdapter(TeacherForcing):
                 rows, tok = rows[going], tok[going]
                 gens = [g for g, keep in zip(gens, going.tolist(), strict=True) if keep] if gens else None
                 cache = ToyUMM.select_rows(cache, going)
-            h = self.model(self._step(tok, self._token_cells[tok], torch.zeros_like(tok)), cache)[:, -1]
+            h = model(self._step(tok, self._token_cells[tok], torch.zeros_like(tok)), cache)[:, -1]
         texts = []
         for row in out.tolist():
             texts.append(self.tokenizer.decode(row[: row.index(eos)] if eos in row else row))
@@ -157,14 +157,14 @@ class ToyAdapter(TeacherForcing):
     @torch.no_grad()
     def _generate_batch(self, requests: Sequence[Request]) -> list[Image.Image]:
         h, cache = self._prefill(requests, "gen")
-        gens = self._generators(requests)
+        gens, model = self._generators(requests), self.model.view("gen")
         codes = torch.zeros(len(requests), N_TOKENS, dtype=torch.long)
         n_text = len(self.tokenizer)
         for k in range(N_TOKENS):
-            codes[:, k] = self._pick(self.model.image_logits(h), gens)
+            codes[:, k] = self._pick(model.image_logits(h), gens)
             if k < N_TOKENS - 1:
                 cell = torch.full_like(codes[:, k], k + 1)
-                h = self.model(self._step(n_text + codes[:, k], cell, cell + 1), cache)[:, -1]
+                h = model(self._step(n_text + codes[:, k], cell, cell + 1), cache)[:, -1]
         return [self.codec.decode(row) for row in codes.tolist()]
 
     @staticmethod
@@ -191,20 +191,20 @@ class ToyAdapter(TeacherForcing):
         The baseline the batched decoder is checked against (tests) and timed against (benchmarks/).
         """
         seq = self.builder.prompt(request.prompt, request.image, direction)
-        prompt_len, n_text = len(seq), len(self.tokenizer)
+        prompt_len, n_text, model = len(seq), len(self.tokenizer), self.model.view(direction)
         steps = self.max_new_tokens if direction == "und" else N_TOKENS
         for k in range(steps):
             batch, _ = self.builder.collate([seq])
-            states = self.model(batch)
+            states = model(batch)
             h = states[:, -1]
             if direction == "und":
-                memory = self.model.cell_memory(batch, states)
-                tok = int((self.model.text_logits(h, memory) + self._text_bias).argmax(-1))
+                memory = model.cell_memory(batch, states)
+                tok = int((model.text_logits(h, memory) + self._text_bias).argmax(-1))
                 if tok == self.tokenizer.eos_id:
                     break
                 seq.push(tok, cell=int(self._token_cells[tok]))
             else:
-                code = int(self.model.image_logits(h).argmax(-1))
+                code = int(model.image_logits(h).argmax(-1))
                 seq.push(n_text + code, cell=k + 1, next_cell=k + 2 if k < N_TOKENS - 1 else 0)
         if direction == "und":
             return self.tokenizer.decode(seq.ids[prompt_len:])
@@ -225,17 +225,16 @@ class ToyAdapter(TeacherForcing):
         return "norm"
 
     @property
+    def embed_path(self) -> str:
+        return "embed_tokens"
+
+    @property
     def components(self) -> dict[str, str]:
         return dict(COMPONENTS)
 
     @property
     def lora_targets(self) -> list[str]:
-        return [
-            f"layers.{i}.{name}"
-            for i in range(len(self.model.layers))
-            for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-            + ("mlp.up_proj", "mlp.down_proj")
-        ]
+        return self.model.lora_targets()
 
     def _sequence(self, request: Request, direction: str, answer: Any) -> ToySequence:
         if answer is None:
@@ -276,16 +275,18 @@ class ToyAdapter(TeacherForcing):
         # The direction token ends the prompt: the first column with a target, or the last one without answers.
         has_answer = (target != IGNORE).any(1)
         prompt_end = torch.where(has_answer, (target != IGNORE).long().argmax(1), width - 1)
-        return ForwardPass(direction, (batch,), {}, offsets, prompt_end, positions, targets, mask)
+        kwargs = self.model.pass_kwargs(direction)
+        return ForwardPass(direction, (batch,), kwargs, offsets, prompt_end, positions, targets, mask)
 
     def answer_distributions(self, inputs: ForwardPass, hidden: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(len(inputs))[:, None]
         h = hidden[rows, inputs.answer_positions]
+        model = self.model.view(inputs.direction)
         if inputs.direction == "und":
-            memory = self.model.cell_memory(inputs.args[0], hidden)
-            logits = self.model.text_logits(h, memory) + self._text_bias
+            memory = model.cell_memory(inputs.args[0], hidden)
+            logits = model.text_logits(h, memory) + self._text_bias
         else:
-            logits = self.model.image_logits(h)
+            logits = model.image_logits(h)
         return torch.log_softmax(logits, -1)
 
     def prompt_rows(self, rows: int, direction: str) -> slice:

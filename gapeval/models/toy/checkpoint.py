@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gapeval.models.toy.architectures import build_model
 from gapeval.models.toy.codec import ImageCodec
 from gapeval.models.toy.model import ToyConfig, ToyUMM
 from gapeval.models.toy.tokenizer import TextTokenizer
@@ -63,7 +64,7 @@ def load_checkpoint(folder: str | Path) -> tuple[ToyUMM, TextTokenizer, ImageCod
         raise CheckpointError(
             f"{folder / 'codec.safetensors'}: {codec.size} codes but config n_codes={config.n_codes}"
         )
-    model = ToyUMM(config)
+    model = build_model(config)
     expected = model.state_dict()
     missing, extra = set(expected) - set(weights), set(weights) - set(expected)
     if missing or extra:

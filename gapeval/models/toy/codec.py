@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 from gapeval.synth.world import CELL, GRID, all_kinds, random_scene, render, to_grid_array
 
 N_TOKENS = GRID * GRID
+CODE_MEMORY = 1 << 16  # cells whose code is remembered (see ImageCodec.encode)
 
 
 def _interior_shift(patch: np.ndarray) -> np.ndarray:
@@ -39,15 +40,39 @@ def _interior_shift(patch: np.ndarray) -> np.ndarray:
     return out
 
 
-def cell_patches(image: Image.Image) -> np.ndarray:
-    """(16, CELL*CELL*3) float32 canonical patches in [0, 1], row-major cell order."""
+def _cells(image: Image.Image) -> np.ndarray:
+    """(16, CELL, CELL, 3) uint8 cells of a picture, row-major."""
     arr = to_grid_array(image)
-    patches = [
-        _interior_shift(arr[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL])
-        for r in range(GRID)
-        for c in range(GRID)
-    ]
-    return np.stack(patches).reshape(N_TOKENS, -1).astype(np.float32) / 255.0
+    return arr.reshape(GRID, CELL, GRID, CELL, 3).transpose(0, 2, 1, 3, 4).reshape(N_TOKENS, CELL, CELL, 3)
+
+
+def _canonical(cells: np.ndarray) -> np.ndarray:
+    """:func:`_interior_shift` of every cell at once (each cell's own pixels decide its shift)."""
+    inner = cells[:, 1:-1, 1:-1]
+    fg = inner.max(axis=3) > 70
+    n = fg.sum(axis=(1, 2))
+    span = np.arange(CELL - 2)
+    centre = (CELL - 2 - 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dy = np.where(n > 0, np.round(centre - (fg * span[:, None]).sum(axis=(1, 2)) / n), 0).astype(int)
+        dx = np.where(n > 0, np.round(centre - (fg * span[None, :]).sum(axis=(1, 2)) / n), 0).astype(int)
+    src_y = span[None, :, None] - dy[:, None, None]
+    src_x = span[None, None, :] - dx[:, None, None]
+    inside = (src_y >= 0) & (src_y < CELL - 2) & (src_x >= 0) & (src_x < CELL - 2)
+    rows = np.arange(len(cells))[:, None, None]
+    shifted = inner[rows, src_y.clip(0, CELL - 3), src_x.clip(0, CELL - 3)] * inside[..., None]
+    out = cells.copy()
+    out[:, 1:-1, 1:-1] = shifted
+    return out.reshape(len(cells), -1).astype(np.float32) / 255.0
+
+
+def cell_patches(image: Image.Image) -> np.ndarray:
+    """(16, CELL*CELL*3) float32 canonical patches in [0, 1], row-major cell order.
+
+    All 16 cells at once (the same shifts and bytes as :func:`_interior_shift` per cell, 2x faster): patch
+    encoding was the largest part of building a training batch.
+    """
+    return _canonical(_cells(image))
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int, iters: int = 30) -> np.ndarray:
@@ -76,6 +101,10 @@ class ImageCodec:
     def __init__(self, codebook: np.ndarray):
         self.codebook = np.asarray(codebook, np.float32)
         self._codebook_t = torch.from_numpy(self.codebook)
+        # A cell's code depends on its own pixels only, and a world picture has few distinct cells (a kind,
+        # its jitter, a frame): codes are remembered by the cell's bytes, which spares the canonicalisation
+        # and the distances for nearly every cell of a training batch.
+        self._codes: dict[bytes, int] = {}
 
     @property
     def size(self) -> int:
@@ -97,7 +126,13 @@ class ImageCodec:
         return torch.cdist(torch.from_numpy(patches), self._codebook_t).argmin(-1).numpy()
 
     def encode(self, image: Image.Image) -> list[int]:
-        return self.encode_patches(cell_patches(image)).tolist()
+        cells = _cells(image)
+        keys = [c.tobytes() for c in cells]
+        if not all(k in self._codes for k in keys):
+            if len(self._codes) > CODE_MEMORY:
+                self._codes.clear()
+            self._codes.update(zip(keys, self.encode_patches(_canonical(cells)).tolist(), strict=True))
+        return [self._codes[k] for k in keys]
 
     def decode(self, tokens) -> Image.Image:
         tokens = np.asarray(tokens, np.int64)

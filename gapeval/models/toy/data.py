@@ -15,6 +15,9 @@ with one of three phrasings, rotated across realms (:func:`gapeval.synth.suite.s
 that realm only with the other two. So every phrasing is learned, no suite question is seen, and the suite's
 world-knowledge gen items on unpictured realms measure whether facts learned in text reach generation.
 
+With a positive ``consistency`` weight (a training condition, off in the shipped recipe), one more task states
+a pictured realm's emblem in text and draws it in the same sequence (or the reverse): never a text-only realm.
+
 The option tasks teach the layout the reasoning items use (letters A-D name the bottom row): read an option,
 find an option by its kind, frame an option.
 """
@@ -63,6 +66,9 @@ class Example:
     prompt: str
     image: Image.Image | None
     answer: str | Image.Image
+    # A second answer in the other modality, in the same sequence (the consistency task): a picture after a
+    # text answer (``direction`` und), or a text after a picture (gen).
+    then: str | Image.Image | None = None
 
 
 def _und(task, prompt, scene, answer, rng) -> Example:
@@ -225,6 +231,19 @@ def realm_picture(world, rng, level):
     return Example("picture", "gen", prompt, None, render(r.emblem_scene, rng))
 
 
+def realm_consistency(world, rng, level):
+    """One sequence that states a pictured realm's emblem in text and then draws it, or draws it and then
+    states it: reason-then-draw (and its reverse) as a training task. Never a text-only realm's emblem."""
+    r = rng.choice([r for r in world.realms if r.pictured])
+    hop = rng.choice(tuple(WK_SUBJECT))
+    subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
+    phrasing = _training_phrasing(world, rng, r, hop)
+    text, picture = r.emblem_scene.describe(), render(r.emblem_scene, rng)
+    if rng.random() < 0.5:
+        return Example("consistency", "und", WK_UND[phrasing].format(x=subject), None, text, picture)
+    return Example("consistency", "gen", WK_GEN[phrasing].format(x=subject), None, picture, text)
+
+
 # --- the benchmark categories on fresh instances -------------------------------------------------------------
 
 
@@ -301,17 +320,30 @@ MIXTURE: list[tuple[str, Callable, float, float]] = [
     ("reasoning", _category("reasoning"), 2.4, 0.3),
 ]
 CATEGORY_TASKS = {"instruction_following", "numerical_perception", "reasoning"}
-REALM_TASKS = {"fact", "picture", "reserve_fact"}  # the only tasks that name realms or founders
+# The only tasks that name realms or founders.
+REALM_TASKS = {"fact", "picture", "reserve_fact", "consistency"}
+# Tasks that draw a realm's emblem: they need a pictured realm.
+PICTURE_TASKS = {"picture", "consistency"}
+
+
+def mixture(world: World, consistency: float = 0.0) -> list[tuple[str, Callable, float, float]]:
+    """:data:`MIXTURE` for a world and a consistency weight (the task is added only with a positive weight, and
+    emblem-drawing tasks only when some realm is pictured, so the default mixture draws as it always did)."""
+    tasks = MIXTURE + ([("consistency", realm_consistency, consistency, 0.0)] if consistency > 0 else [])
+    if not any(r.pictured for r in world.realms):
+        tasks = [t for t in tasks if t[0] not in PICTURE_TASKS]
+    return tasks
 
 
 class MixtureSampler:
     """Draws training examples; ``level`` in [0, 1] is training progress (drives the curriculum)."""
 
-    def __init__(self, world: World, seed: int, suite_keys: set[str]):
+    def __init__(self, world: World, seed: int, suite_keys: set[str], consistency: float = 0.0):
         self.world, self.rng, self.exclude = world, random.Random(f"train-{seed}"), suite_keys
+        self.mixture = mixture(world, consistency)
 
     def sample(self, level: float) -> Example:
-        tasks = [(name, fn, w) for name, fn, w, start in MIXTURE if level >= start]
+        tasks = [(name, fn, w) for name, fn, w, start in self.mixture if level >= start]
         name, fn, _ = self.rng.choices(tasks, weights=[w for *_, w in tasks])[0]
         if name in CATEGORY_TASKS:
             return fn(self.world, self.rng, level, self.exclude)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+VARIANTS = ("shared", "decoupled", "pair")  # pair: two shared-variant models, one per direction (pair.py)
+
 
 @dataclass
 class ToyConfig:
@@ -48,8 +50,8 @@ class ToyConfig:
     cell_pointer: bool = False
 
     def __post_init__(self) -> None:
-        if self.variant not in ("shared", "decoupled"):
-            raise ValueError(f"variant must be 'shared' or 'decoupled', got {self.variant!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +124,22 @@ class Batch:
     patches: torch.Tensor | None = None
 
 
+def input_image_tokens(
+    ids: torch.Tensor,
+    cell: torch.Tensor,
+    next_cell: torch.Tensor,
+    positions: torch.Tensor,
+    patch_mask: torch.Tensor | None,
+    n_text: int,
+) -> torch.Tensor:
+    """Which tokens are input-image cells: image tokens right after ``<bos> <img>``, in cell order, that do not
+    say which cell comes next (generated codes do)."""
+    is_image = ids >= n_text
+    if patch_mask is not None:
+        is_image = is_image | patch_mask
+    return is_image & (cell > 0) & (cell == positions - 1) & (next_cell == 0)
+
+
 class ToyUMM(nn.Module):
     def __init__(self, config: ToyConfig):
         super().__init__()
@@ -155,6 +173,30 @@ class ToyUMM(nn.Module):
             self.cell_attn_bias = nn.Parameter(torch.zeros(c.n_layers, c.n_heads))
             with torch.no_grad():
                 self.cell_attn_bias[:, 0] = CELL_BIAS_INIT
+
+    # --- what the adapter and the trainer ask every toy architecture (see pair.PairUMM) -------------------------
+
+    @property
+    def input_variant(self) -> str:
+        """How images enter sequences (:class:`SequenceBuilder`'s variant)."""
+        return self.config.variant
+
+    def view(self, direction: str) -> ToyUMM:
+        """The model that answers in ``direction``: this one, both ways."""
+        return self
+
+    @staticmethod
+    def pass_kwargs(direction: str) -> dict:
+        """Keyword arguments of a forward pass in ``direction`` (none: both directions run the same model)."""
+        return {}
+
+    def lora_targets(self) -> list[str]:
+        names = [f"self_attn.{p}_proj" for p in "qkvo"] + ["mlp.up_proj", "mlp.down_proj"]
+        return [f"layers.{i}.{name}" for i in range(len(self.layers)) for name in names]
+
+    def training_losses(self, losses, builder, seqs: list, groups: int):
+        """The batch's loss as ``losses`` (a training engine) computes it for this model."""
+        return losses(self, builder, seqs, groups)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -217,10 +259,9 @@ class ToyUMM(nn.Module):
         if not c.cell_pointer:
             return None
         positions = batch.attn.cumsum(1) - 1
-        is_image = batch.ids >= c.n_text
-        if batch.patch_mask is not None:
-            is_image = is_image | batch.patch_mask
-        pick = is_image & (batch.cell > 0) & (batch.cell == positions - 1) & (batch.next_cell == 0)
+        pick = input_image_tokens(
+            batch.ids, batch.cell, batch.next_cell, positions, batch.patch_mask, c.n_text
+        )
         slot = torch.where(pick, batch.cell, 0)[..., None].expand_as(h)
         memory = torch.zeros(h.shape[0], c.n_cells + 1, h.shape[-1], dtype=h.dtype, device=h.device)
         memory = memory.scatter_add(1, slot, h * pick[..., None])[:, 1:]

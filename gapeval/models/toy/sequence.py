@@ -53,12 +53,11 @@ class SequenceBuilder:
         seq.push(tok.bos_id)
         if image is not None:
             seq.push(tok.img_id)
-            patches = cell_patches(image)
             if self.variant == "shared":
-                for k, code in enumerate(self.codec.encode_patches(patches)):
-                    seq.push(self.n_text + int(code), cell=k + 1)
+                for k, code in enumerate(self.codec.encode(image)):
+                    seq.push(self.n_text + code, cell=k + 1)
             else:
-                seq.patches = patches
+                seq.patches = cell_patches(image)
                 for k in range(N_TOKENS):
                     seq.push(tok.pad_id, cell=k + 1, patch=True)
             seq.push(tok.img_end_id)
@@ -89,9 +88,28 @@ class SequenceBuilder:
             )
         return seq
 
-    def example(self, prompt: str, image: Image.Image | None, direction: str, answer) -> Sequence:
-        """A training/scoring sequence; ``answer`` is text (und) or a PIL image (gen)."""
-        seq = self.prompt(prompt, image, direction)
+    def example(self, prompt: str, image: Image.Image | None, direction: str, answer, then=None) -> Sequence:
+        """A training/scoring sequence; ``answer`` is text (und) or a PIL image (gen).
+
+        ``then`` continues it in the other modality (the consistency task): ``... <und> text <eos> <gen> 16
+        codes`` or ``... <gen> 16 codes <und> text <eos>``; the second direction token is given, not predicted.
+        """
+        seq = self._answer(self.prompt(prompt, image, direction), direction, answer)
+        if then is None:
+            return seq
+        second = "gen" if direction == "und" else "und"
+        if direction == "und":
+            seq.push(self.tok.eos_id)
+        seq.push(
+            self.tok.gen_id if second == "gen" else self.tok.und_id, next_cell=1 if second == "gen" else 0
+        )
+        return self._answer(seq, second, then)
+
+    def example_of(self, ex) -> Sequence:
+        """The sequence of a training example (:class:`gapeval.models.toy.data.Example`)."""
+        return self.example(ex.prompt, ex.image, ex.direction, ex.answer, ex.then)
+
+    def _answer(self, seq: Sequence, direction: str, answer) -> Sequence:
         if direction == "und":
             return self.add_text_answer(seq, self.tok.encode(answer))
         return self.add_image_answer(seq, self.codec.encode(answer))

@@ -12,18 +12,23 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 
+from gapeval.models.toy.architectures import ARCHITECTURES, build_model
 from gapeval.models.toy.checkpoint import save_checkpoint
 from gapeval.models.toy.codec import ImageCodec
 from gapeval.models.toy.data import MixtureSampler, suite_keys, vocabulary_texts
 from gapeval.models.toy.emergence import EMERGENCE, EmergenceLog, eval_items
+from gapeval.models.toy.losses import Losses, reference_losses
 from gapeval.models.toy.model import ToyConfig, ToyUMM
+from gapeval.models.toy.packed import make_optimizer, packed_losses
 from gapeval.models.toy.resume import (
     RESUME,
     TrainState,
@@ -32,7 +37,7 @@ from gapeval.models.toy.resume import (
     sync_file,
     truncate,
 )
-from gapeval.models.toy.sequence import IGNORE, SequenceBuilder
+from gapeval.models.toy.sequence import Sequence, SequenceBuilder
 from gapeval.models.toy.tokenizer import TextTokenizer
 from gapeval.synth.world import World
 
@@ -69,6 +74,47 @@ class TrainConfig:
     eval_items: int = 420
     # Save the state a killed run resumes from every this many steps (and at every checkpoint).
     resume_every: int = 500
+    # How a step is computed: "reference" (the shipped recipe's bytes) or "packed" (the fast path, packed.py:
+    # the same loss in another float order, so other bytes: a recipe change).
+    engine: str = "reference"
+    # --- training conditions (issue 23); the defaults are the shipped recipe ---
+    # Taught realms: the default world's 48, a prefix of them, or those plus realms of a stream of their own
+    # (World.extended: the default realms, the reserve and the synth suite stay as they are).
+    n_realms: int = 48
+    # Share of taught realms whose emblem is drawn in training (nested: a larger share adds realms).
+    pictured_share: float = 0.5
+    # Mixture weight of the cross-modal consistency task (data.realm_consistency; pictured realms only).
+    consistency: float = 0.0
+
+    def updated(self, changes: dict[str, Any]) -> TrainConfig:
+        """A copy with ``changes`` (TrainConfig fields); an unknown field is a one-line error."""
+        known = {f.name for f in fields(self)}
+        if unknown := sorted(set(changes) - known):
+            raise ValueError(f"unknown training settings {unknown}; known: {', '.join(sorted(known))}")
+        return replace(self, **changes)
+
+    @staticmethod
+    def read(path: str | Path) -> dict[str, Any]:
+        """Training settings from a YAML file: a mapping of TrainConfig fields."""
+        data = yaml.safe_load(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of training settings, got {type(data).__name__}")
+        return data
+
+    def check(self) -> None:
+        """Refuse settings no run can use, before anything is built."""
+        problems = [
+            (self.variant not in ARCHITECTURES, f"variant must be one of {sorted(ARCHITECTURES)}"),
+            (self.engine not in ENGINES, f"engine must be one of {sorted(ENGINES)}"),
+            (self.n_realms < 1, "n_realms must be at least 1"),
+            (not 0 <= self.pictured_share <= 1, "pictured_share must be in [0, 1]"),
+            (self.consistency < 0, "consistency must be 0 (off) or a positive mixture weight"),
+            (self.consistency > 0 and self.pictured_share == 0, "the consistency task needs pictured realms"),
+            (self.d_model % self.n_heads != 0, "d_model must be a multiple of n_heads"),
+            (self.n_layers < 1, "n_layers must be at least 1"),
+        ]
+        if errors := [text for bad, text in problems if bad]:
+            raise ValueError("; ".join(errors))
 
     @classmethod
     def quick(cls, variant: str = "shared") -> TrainConfig:
@@ -97,35 +143,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@dataclass(frozen=True)
+class Engine:
+    """How a step computes its loss (``TrainConfig.engine``), and whether AdamW runs fused."""
+
+    losses: Callable[[ToyUMM, SequenceBuilder, list[Sequence], int], Losses]
+    fused_adam: bool
+
+
+ENGINES = {"reference": Engine(reference_losses, False), "packed": Engine(packed_losses, True)}
+
+
 def direction_losses(
     model: ToyUMM, builder: SequenceBuilder, examples, groups: int = 1
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-mean cross-entropy over answer tokens, plus the same split by direction (for the log).
-
-    Sequences are sorted by length and run as ``groups`` padded sub-batches: the loss is the same token mean,
-    with less padding to compute (padding is ~45 % of a random batch of 32 from the mixture).
-    """
-    seqs = [builder.example(e.prompt, e.image, e.direction, e.answer) for e in examples]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    size = -(-len(order) // groups)
-    total, count = torch.zeros(()), 0
-    sums = {"und": [0.0, 0], "gen": [0.0, 0]}
-    for start in range(0, len(order), size):
-        rows = order[start : start + size]
-        batch, target = builder.collate([seqs[i] for i in rows])
-        h = model(batch)
-        memory = model.cell_memory(batch, h)
-        valid = target != IGNORE
-        where = valid.nonzero()[:, 0]  # logits only where there is a target: the row of each answer token
-        logits = model.joint_logits(h[valid], memory[where] if memory is not None else None)
-        per_token = F.cross_entropy(logits, target[valid], reduction="none")
-        total, count = total + per_token.sum(), count + len(per_token)
-        is_gen = torch.tensor([examples[i].direction == "gen" for i in rows], dtype=torch.bool)[where]
-        for name, sel in (("und", ~is_gen), ("gen", is_gen)):
-            sums[name][0] += float(per_token[sel].detach().sum())
-            sums[name][1] += int(sel.sum())
-    parts = {k: s / n if n else float("nan") for k, (s, n) in sums.items()}
-    return total / count, parts
+    """Token-mean cross-entropy over answer tokens, plus the same split by direction (for the log)."""
+    seqs = [builder.example_of(e) for e in examples]
+    return model.training_losses(reference_losses, builder, seqs, groups).mean()
 
 
 def _eval_losses(model, builder, examples) -> dict[str, float]:
@@ -149,7 +183,9 @@ class _Run:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        world = World(cfg.world_seed)
+        cfg.check()
+        self.engine = ENGINES[cfg.engine]
+        world = World.extended(cfg.world_seed, cfg.n_realms, cfg.pictured_share)
         self.tokenizer = TextTokenizer.build(vocabulary_texts(world))
         self.codec = ImageCodec.fit(k=cfg.codebook_size, n_images=cfg.codec_images, seed=cfg.seed)
         model_cfg = ToyConfig(
@@ -163,18 +199,18 @@ class _Run:
             cell_output=cfg.cell_output,
             cell_pointer=cfg.cell_pointer,
         )
-        self.model = ToyUMM(model_cfg)
+        self.model = build_model(model_cfg)
         self.model.set_text_cells(self.tokenizer.cell_ids())
-        self.builder = SequenceBuilder(self.tokenizer, self.codec, cfg.variant)
-        self.sampler = MixtureSampler(world, cfg.seed, suite_keys(cfg.world_seed))
-        val_sampler = MixtureSampler(world, cfg.seed + 10_000, suite_keys(cfg.world_seed))
+        self.builder = SequenceBuilder(self.tokenizer, self.codec, self.model.input_variant)
+        self.sampler = MixtureSampler(world, cfg.seed, suite_keys(cfg.world_seed), cfg.consistency)
+        val_sampler = MixtureSampler(world, cfg.seed + 10_000, suite_keys(cfg.world_seed), cfg.consistency)
         self.val = [val_sampler.sample(1.0) for _ in range(256)]
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-        self.opt = torch.optim.AdamW(
+        self.opt = make_optimizer(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=(0.9, 0.98),
+            cfg.lr,
+            self.engine.fused_adam,
         )
         self.emergence = EmergenceLog(eval_items(cfg.eval_items), out / EMERGENCE) if cfg.eval_every else None
         self.step, self.elapsed, self.window = 0, 0.0, {"und": [], "gen": []}
@@ -256,7 +292,8 @@ class _Run:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         examples = [self.sampler.sample(level) for _ in range(cfg.batch_size)]
-        loss, parts = direction_losses(self.model, self.builder, examples, cfg.groups)
+        seqs = [self.builder.example_of(e) for e in examples]
+        loss, parts = self.model.training_losses(self.engine.losses, self.builder, seqs, cfg.groups).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -269,6 +306,7 @@ class _Run:
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Train one variant from scratch; write ``out_dir/step-XXXXXX/`` checkpoints, ``out_dir/train_log.jsonl``
     (and ``emergence.jsonl`` with ``cfg.eval_every``), and the state :func:`resume` continues from."""
+    cfg.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / RESUME, ignore_errors=True)  # another run's state must never be resumed into this one

@@ -1,0 +1,158 @@
+"""Training speed of the toy UMM: today's trainer against the fast path, in one run, on one thread.
+
+    python benchmarks/train_speed.py [--steps 120] [--start 12000] [--variant shared]
+
+Three trainers run the shipped recipe (``TrainConfig()``: batch 32, d 128, 4 layers) for the same steps,
+from the same step of the schedule (``--start``; 12 000 is past the curriculum, where batches are full-size),
+interleaved in blocks so a busy machine slows all three alike:
+
+- ``today``: the trainer as shipped before the fast path (reference engine, per-cell patch canonicalisation);
+- ``reference``: the default recipe now (the same bytes as today; patches canonicalised all at once, and
+  image codes remembered by cell);
+- ``packed``: the fast path (``--engine packed``: packed tokens, fused q/k/v, written-out attention, fused
+  AdamW, the last layer only where a loss or the pointer reads it).
+
+It prints seconds per step (process CPU time: the run's own core, whatever else the machine runs; and wall),
+the ratios, the FLOPs of one step as torch's flop counter counts them (matrix products: what the step must do
+on its real tokens, and what each trainer computes including padding), and the fraction of one core's peak
+FLOP/s each reaches; the peak is a timed 2048² matrix product in fp32 (and in bf16, for comparison). Timings
+are never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from gapeval.models.toy import sequence
+from gapeval.models.toy.codec import CELL, GRID, N_TOKENS, ImageCodec, _interior_shift
+from gapeval.models.toy.train import TrainConfig, _Run
+from gapeval.synth.world import to_grid_array
+
+
+def per_cell_patches(image) -> np.ndarray:
+    """Today's patch canonicalisation: one cell at a time (same bytes as ``codec.cell_patches``)."""
+    arr = to_grid_array(image)
+    patches = [
+        _interior_shift(arr[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL])
+        for r in range(GRID)
+        for c in range(GRID)
+    ]
+    return np.stack(patches).reshape(N_TOKENS, -1).astype(np.float32) / 255.0
+
+
+def todays_encode(self: ImageCodec, image) -> list[int]:
+    """Today's image encoding: every cell canonicalised and measured against the codebook, every time."""
+    return self.encode_patches(per_cell_patches(image)).tolist()
+
+
+@contextmanager
+def todays_batches():
+    """Build sequences as today's trainer did (per-cell canonicalisation, no remembered codes) while inside."""
+    vectorised, remembered = sequence.cell_patches, ImageCodec.encode
+    sequence.cell_patches, ImageCodec.encode = per_cell_patches, todays_encode
+    try:
+        yield
+    finally:
+        sequence.cell_patches, ImageCodec.encode = vectorised, remembered
+
+
+@contextmanager
+def nothing():
+    yield
+
+
+def peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of one large matrix product on this thread (best of ``repeats``)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def step_flops(run: _Run, step: int) -> float:
+    """Matrix-product FLOPs of one training step (forward and backward), as torch's flop counter counts them."""
+    counter = FlopCounterMode(display=False)
+    state = run.sampler.rng.getstate()
+    with counter:
+        run._step(step)
+    run.sampler.rng.setstate(state)  # the timed steps draw the same batches as the other trainers
+    return counter.get_total_flops()
+
+
+class Trainer:
+    """One trainer: its run, how it builds batches, and the time it has spent."""
+
+    def __init__(self, name: str, engine: str, context: Callable, variant: str, out: Path):
+        self.name, self.context = name, context
+        self.run = _Run(TrainConfig(variant=variant, engine=engine), out / name)
+        self.cpu = self.wall = 0.0
+        self.steps = 0
+
+    def steps_from(self, first: int, n: int) -> None:
+        with self.context():
+            cpu, wall = time.process_time(), time.perf_counter()
+            for step in range(first, first + n):
+                self.run._step(step)
+            self.cpu += time.process_time() - cpu
+            self.wall += time.perf_counter() - wall
+        self.steps += n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=120, help="timed steps per trainer (default 120)")
+    parser.add_argument(
+        "--start", type=int, default=12000, help="schedule step to start from (default 12000)"
+    )
+    parser.add_argument("--block", type=int, default=10, help="steps per turn when interleaving (default 10)")
+    parser.add_argument("--variant", default="shared", choices=("shared", "decoupled"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = [
+            Trainer("today", "reference", todays_batches, args.variant, Path(tmp)),
+            Trainer("reference", "reference", nothing, args.variant, Path(tmp)),
+            Trainer("packed", "packed", nothing, args.variant, Path(tmp)),
+        ]
+        useful = step_flops(trainers[2].run, args.start)
+        counted = {t.name: step_flops(t.run, args.start) for t in trainers}
+        for t in trainers:  # warm-up: allocator, first-call paths
+            t.steps_from(args.start, 2)
+            t.cpu = t.wall = 0.0
+            t.steps = 0
+        for first in range(args.start + 2, args.start + 2 + args.steps, args.block):
+            for t in trainers:
+                t.steps_from(first, min(args.block, args.start + 2 + args.steps - first))
+    peak32, peak16 = peak_flops(torch.float32), peak_flops(torch.bfloat16)
+    print(f"toy {args.variant}, shipped recipe, {args.steps} steps from step {args.start}, one thread")
+    print(f"one core's peak (2048² matmul): fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
+    print(f"FLOPs of a step on its real tokens (packed count): {useful / 1e9:.2f} GFLOP")
+    print(
+        "| trainer | CPU s/step | wall s/step | speed-up (CPU / wall) vs today | GFLOP computed | "
+        "useful GFLOP/s | of fp32 peak |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    today = trainers[0]
+    for t in trainers:
+        cpu, wall = t.cpu / t.steps, t.wall / t.steps
+        print(
+            f"| {t.name} | {cpu:.4f} | {wall:.4f} | {today.cpu / t.cpu:.2f}x / {today.wall / t.wall:.2f}x | "
+            f"{counted[t.name] / 1e9:.2f} | {useful / cpu / 1e9:.1f} | {useful / cpu / peak32:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
