@@ -293,7 +293,8 @@ def _train_toy_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_toy(args: argparse.Namespace) -> int:
-    from gapeval.models.toy.train import TrainConfig, resume, train
+    from gapeval.emergence import resume, train
+    from gapeval.models.toy.train import TrainConfig
 
     if args.resume:
         print(resume(args.resume, progress=not args.no_progress))

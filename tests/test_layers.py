@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "gapeval.importer",
         "gapeval.release_verdicts",
         "gapeval.distributed",
+        "gapeval.emergence",
         "gapeval.cli_args",
         "gapeval.testing",
     ),

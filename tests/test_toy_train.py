@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from gapeval.cli import main
+from gapeval.emergence import eval_items
 from gapeval.io import suite_hash
 from gapeval.models.toy import resume as resume_mod
 from gapeval.models.toy.adapter import ToyAdapter
 from gapeval.models.toy.data import MixtureSampler, vocabulary_texts
-from gapeval.models.toy.emergence import eval_items
 from gapeval.models.toy.tokenizer import TextTokenizer, words
 from gapeval.runner import run
 from gapeval.synth import World, build_suite

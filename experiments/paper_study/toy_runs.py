@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-EMERGENCE = "emergence.jsonl"  # gapeval.models.toy.emergence.EMERGENCE, without importing torch here
+EMERGENCE = "emergence.jsonl"  # gapeval.models.toy.train.EMERGENCE, without importing torch here
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,8 @@ def spot_check(
     ctx: Context, run: TrainingRun, step: int, checkpoint: Path, row: dict[str, Any]
 ) -> dict[str, Any]:
     """``gapeval run`` on the checkpoint (seed 0 and the logged items, as the log was made) vs the log row."""
+    from gapeval.emergence import eval_items
     from gapeval.models.registry import load_model
-    from gapeval.models.toy.emergence import eval_items
     from gapeval.rundir import read_summary
     from gapeval.runner import run as evaluate
 
@@ -102,7 +102,7 @@ def spot_check(
         + (
             ""
             if suite_id == "synth"
-            else f"  # the log's items: gapeval.models.toy.emergence.eval_items({row['n']})"
+            else f"  # the log's items: gapeval.emergence.eval_items({row['n']})"
         ),
     }
 

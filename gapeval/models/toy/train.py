@@ -1,7 +1,8 @@
 """Train the built-in UMM on its world (``gapeval train-toy``): checkpoints along the way, loss per direction.
 
 A run can be resumed after a kill (:func:`resume`, state in :mod:`.resume`) and can log the suite's scores
-along the way (``eval_every``, :mod:`.emergence`); neither changes the checkpoints it writes.
+along the way (``eval_every``, with an evaluator such as :mod:`gapeval.emergence`'s); neither changes the
+checkpoints it writes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from gapeval.models.toy.architectures import ARCHITECTURES, build_model
 from gapeval.models.toy.checkpoint import save_checkpoint
 from gapeval.models.toy.codec import ImageCodec
 from gapeval.models.toy.data import MixtureSampler, suite_keys, vocabulary_texts
-from gapeval.models.toy.emergence import EMERGENCE, EmergenceLog, eval_items
 from gapeval.models.toy.losses import Losses, reference_losses
 from gapeval.models.toy.model import ToyConfig, ToyUMM
 from gapeval.models.toy.packed import make_optimizer, packed_losses
@@ -42,6 +42,11 @@ from gapeval.models.toy.tokenizer import TextTokenizer
 from gapeval.synth.world import World
 
 TRAIN_LOG = "train_log.jsonl"
+EMERGENCE = "emergence.jsonl"  # what an evaluator appends to (gapeval.emergence)
+# Builds, for a run's config and folder, the object whose ``evaluate(step, model, tokenizer, codec)`` is called
+# at step 0 and every ``eval_every`` steps. It lives above the model layer (it judges with the runner), so the
+# trainer takes it as an argument instead of importing it.
+Evaluator = Callable[["TrainConfig", Path], Any]
 
 
 @dataclass
@@ -178,7 +183,7 @@ def _eval_losses(model, builder, examples) -> dict[str, float]:
 class _Run:
     """One training run: everything built from the config, and the loop's state between steps."""
 
-    def __init__(self, cfg: TrainConfig, out: Path):
+    def __init__(self, cfg: TrainConfig, out: Path, evaluator: Evaluator | None = None):
         self.cfg, self.out = cfg, out
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -212,7 +217,12 @@ class _Run:
             cfg.lr,
             self.engine.fused_adam,
         )
-        self.emergence = EmergenceLog(eval_items(cfg.eval_items), out / EMERGENCE) if cfg.eval_every else None
+        if cfg.eval_every and evaluator is None:
+            raise ValueError(
+                "eval_every needs an evaluator: train with gapeval.emergence.train / resume "
+                "(what `gapeval train-toy` does), or pass evaluator="
+            )
+        self.emergence = evaluator(cfg, out) if cfg.eval_every and evaluator else None
         self.step, self.elapsed, self.window = 0, 0.0, {"und": [], "gen": []}
 
     def fingerprint(self) -> str:
@@ -303,9 +313,11 @@ class _Run:
                 self.window[k].append(v)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
+def train(
+    cfg: TrainConfig, out_dir: str | Path, progress: bool = True, evaluator: Evaluator | None = None
+) -> Path:
     """Train one variant from scratch; write ``out_dir/step-XXXXXX/`` checkpoints, ``out_dir/train_log.jsonl``
-    (and ``emergence.jsonl`` with ``cfg.eval_every``), and the state :func:`resume` continues from."""
+    (and, with ``cfg.eval_every``, what ``evaluator`` logs), and the state :func:`resume` continues from."""
     cfg.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,10 +325,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     for name in (TRAIN_LOG, EMERGENCE):
         (out / name).unlink(missing_ok=True)
     (out / TRAIN_LOG).touch()
-    return _Run(cfg, out).run(progress)
+    return _Run(cfg, out, evaluator).run(progress)
 
 
-def resume(out_dir: str | Path, progress: bool = True) -> Path:
+def resume(out_dir: str | Path, progress: bool = True, evaluator: Evaluator | None = None) -> Path:
     """Continue the run in ``out_dir`` from its last saved state, with its saved config.
 
     The result (checkpoints, train log except ``elapsed_s``, emergence log except ``eval_s``) is the same as
@@ -324,6 +336,6 @@ def resume(out_dir: str | Path, progress: bool = True) -> Path:
     """
     out = Path(out_dir)
     state = TrainState.load(out)
-    run = _Run(TrainConfig(**state.info["config"]), out)
+    run = _Run(TrainConfig(**state.info["config"]), out, evaluator)
     run.load_state(state)
     return run.run(progress)

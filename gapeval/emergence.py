@@ -1,5 +1,8 @@
 """Emergence along training (``train-toy --eval-every N``): the synth suite in both directions, per step.
 
+:func:`train` and :func:`resume` are the toy trainer's with this evaluator plugged in (what ``gapeval train-toy``
+runs); the trainer itself sits in the model layer and takes the evaluator as an argument.
+
 Each evaluation saves the current weights as a checkpoint (fp16, as shipped) in a temporary folder, decodes
 with :class:`ToyAdapter` and judges with the runner's judges, so a row at a checkpoint's step equals what
 ``gapeval run`` reports for that checkpoint. Rows are appended to ``OUT/emergence.jsonl``: step, und and gen
@@ -20,10 +23,11 @@ from typing import Any
 import torch
 
 from gapeval.items import CATEGORIES, Item
+from gapeval.models.toy import train as toy_train
 from gapeval.models.toy.checkpoint import save_checkpoint
+from gapeval.models.toy.train import EMERGENCE, TrainConfig
 from gapeval.synth.suite import build_suite, category_counts
 
-EMERGENCE = "emergence.jsonl"
 FIELDS = ("n", "n11", "n10", "n01", "n00", "und_acc", "gen_acc", "kappa", "gap_reference", "gap_identified")
 BATCH = 16  # items per batch, as `gapeval run` asks them
 
@@ -73,3 +77,18 @@ class EmergenceLog:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         return row
+
+
+def emergence_log(cfg: TrainConfig, out: Path) -> EmergenceLog:
+    """The evaluator of a training run: ``cfg.eval_items`` items, appended to ``OUT/emergence.jsonl``."""
+    return EmergenceLog(eval_items(cfg.eval_items), Path(out) / EMERGENCE)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
+    """:func:`gapeval.models.toy.train.train`, logging emergence when ``cfg.eval_every`` asks for it."""
+    return toy_train.train(cfg, out_dir, progress, evaluator=emergence_log)
+
+
+def resume(out_dir: str | Path, progress: bool = True) -> Path:
+    """:func:`gapeval.models.toy.train.resume`, logging emergence as the run was started."""
+    return toy_train.resume(out_dir, progress, evaluator=emergence_log)
