@@ -99,11 +99,7 @@ def spot_check(
             out=out,
             bootstrap=0,
         )
-        + (
-            ""
-            if suite_id == "synth"
-            else f"  # the log's items: gapeval.emergence.eval_items({row['n']})"
-        ),
+        + ("" if suite_id == "synth" else f"  # the log's items: gapeval.emergence.eval_items({row['n']})"),
     }
 
 
