@@ -31,6 +31,7 @@ from PIL import Image
 
 from gapeval.items import Item
 from gapeval.models.base import UMM, Request
+from gapeval.synth.suite import WK_GEN, WK_UND
 
 DESCRIBED_SCENE = "Draw: {answer}."
 DEFAULT_TEMPLATE = "{prompt} (Answer: {answer})"
@@ -81,16 +82,18 @@ class ReasonThenDraw:
     def understand(self, requests: Sequence[Request]) -> list[str]:
         return self.model.understand(requests)
 
+    def question(self, request: Request) -> str | None:
+        """The und prompt a generation request asks (by item id), or None when unknown."""
+        return self.questions.get(request.item_id)
+
     def generate(self, requests: Sequence[Request]) -> list[Image.Image | Exception]:
         out: list[Image.Image | Exception] = [
             KeyError(f"reason-then-draw: no question for item {r.item_id!r}") for r in requests
         ]
-        asked = [k for k, r in enumerate(requests) if r.item_id in self.questions]
+        questions = [self.question(r) for r in requests]
+        asked = [k for k, q in enumerate(questions) if q is not None]
         texts = self.model.understand(
-            [
-                Request(r.item_id, self.questions[r.item_id], r.image, r.seed)
-                for r in (requests[k] for k in asked)
-            ]
+            [Request(requests[k].item_id, questions[k], requests[k].image, requests[k].seed) for k in asked]
         )
         drawn = []
         for k, text in zip(asked, texts, strict=True):
@@ -99,7 +102,7 @@ class ReasonThenDraw:
                 out[k] = RuntimeError(f"reason step failed: {text}")
                 self.transcript.pop(request.item_id, None)
                 continue
-            question = self.questions[request.item_id]
+            question = questions[k]
             answer = text.strip().rstrip(".").strip()
             prompt = fill(self.template, answer=answer, prompt=request.prompt, question=question)
             self.transcript[request.item_id] = {"question": question, "answer": text, "prompt": prompt}
@@ -108,3 +111,51 @@ class ReasonThenDraw:
         for (k, _), image in zip(drawn, images, strict=True):
             out[k] = image
         return out
+
+
+# --- ``bridge:SPEC``: the wrapper as a model of its own -----------------------------------------------------
+
+# The drawing prompt per wrapped family (the study's config.yaml says the same): what each model was taught.
+TEMPLATES = {"toy": DESCRIBED_SCENE}
+_SYNTH_PAIRS = [
+    (re.compile("^" + re.escape(gen).replace(re.escape("{x}"), "(.+)") + "$"), und)
+    for und, gen in zip(WK_UND, WK_GEN, strict=True)
+]
+
+
+def synth_question(prompt: str) -> str | None:
+    """The und twin of a synth world-knowledge generation prompt ("Draw the emblem of X." → "What is the
+    emblem of X?"), whatever realm it names — so items no suite holds (an edit spec's) can be bridged."""
+    for pattern, und in _SYNTH_PAIRS:
+        if match := pattern.match(prompt):
+            return und.format(x=match.group(1))
+    return None
+
+
+class BridgedModel(ReasonThenDraw):
+    """Reason-then-draw as a model spec (``bridge:SPEC``): it shares knowledge between directions by
+    construction (gen draws the model's own und answer), the positive control of a propagation test.
+
+    The intervention contract (weights, teacher-forced passes, spans) is the wrapped model's, so an editor
+    edits the wrapped weights: Train-on-Und changes the answer the bridge draws; Train-on-Gen trains the
+    wrapped model's direct drawing path, which bridged generation never takes (it draws a described scene).
+    Teacher-forced gen log-probabilities are that direct path's. Questions come from the items it was built
+    with (by id) and, for synth world-knowledge prompts, from the prompt itself (:func:`synth_question`)."""
+
+    def question(self, request: Request) -> str | None:
+        return super().question(request) or synth_question(request.prompt)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+
+def load_bridge(items: Sequence[Item], rest: str, template: str | None = None, **kwargs: Any) -> BridgedModel:
+    """``bridge:SPEC``: reason-then-draw around the model ``SPEC`` names (``--model-arg`` keys other than
+    ``template`` go to it); the template defaults to :data:`TEMPLATES` of SPEC's family, else the default."""
+    from gapeval.models.registry import load_model
+
+    model = load_model(rest, items, **kwargs)
+    template = template or TEMPLATES.get(rest.partition(":")[0], DEFAULT_TEMPLATE)
+    return BridgedModel(model, {item.id: item.und_prompt for item in items}, template)

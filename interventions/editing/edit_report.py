@@ -11,13 +11,16 @@ COLUMNS = (
     ("target_old", "{d} old"),
     ("generality", "{d} gen'lity"),
     ("locality", "{d} locality"),
+    ("locality_verdict", "{d} loc verdict"),
     ("locality_acc_change", "{d} loc Δacc"),
     ("logprob_shift", "{d} Δlogp"),
+    ("logprob_shift_net", "{d} net Δlogp"),
 )
+SIGNED = ("locality_acc_change", "logprob_shift", "logprob_shift_net")
 
 
-def _cell(est: dict[str, Any], signed: bool = False) -> str:
-    if est["mean"] is None:
+def _cell(est: dict[str, Any] | None, signed: bool = False) -> str:
+    if est is None or est["mean"] is None:
         return "–"
     fmt = "{:+.2f}" if signed else "{:.2f}"
     ci = est["ci"]
@@ -26,17 +29,77 @@ def _cell(est: dict[str, Any], signed: bool = False) -> str:
 
 def format_table(summary: dict[str, Any]) -> str:
     """Markdown: one row per condition, und and gen accuracy on the targets first (the paper's panels), then
-    old-value rate, generality, locality agreement and accuracy change, log-prob shift; 95 % bootstrap CIs."""
+    old-value rate, generality, locality (output agreement; verdict agreement and accuracy change beside it),
+    log-prob shift and the shift net of a control realm's; 95 % bootstrap CIs."""
     header = ["condition"] + [label.format(d=d) for key, label in COLUMNS for d in ("und", "gen")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for condition, by_dir in summary.items():
         cells = [
-            _cell(by_dir[d][key], signed=key in ("locality_acc_change", "logprob_shift"))
-            for key, _ in COLUMNS
-            for d in ("und", "gen")
+            _cell(by_dir[d].get(key), signed=key in SIGNED) for key, _ in COLUMNS for d in ("und", "gen")
         ]
         lines.append("| " + " | ".join([LABELS.get(condition, condition), *cells]) + " |")
     return "\n".join(lines)
+
+
+def _num(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def propagation_table(cases: list[dict[str, Any]]) -> str:
+    """Markdown: one row per trained direction — rate in the other direction vs its baseline, the paired
+    sign test (Holm where several), the verdict and the smallest rate the rule could detect."""
+    header = ["trained via", "judged in", "rate", "baseline", "up / down / edits", "p", "Holm p", "detected"]
+    header += ["min detectable", "Δlogp", "net Δlogp"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in cases:
+        verdict = c.get("detected_holm", c["detected"])
+        cells = [
+            LABELS.get(c["via"], c["via"]),
+            c["to"],
+            _cell({"mean": c["rate"], "ci": c["ci"]}),
+            _num(c["baseline"]),
+            f"{c['up']} / {c['down']} / {c['edits']}",
+            _num(c["p"], "{:.3g}"),
+            _num(c.get("p_holm"), "{:.3g}"),
+            "yes" if verdict else "no",
+            _num(c.get("min_detectable_rate_holm", c["min_detectable_rate"])),
+            _cell(c["logprob_shift"], signed=True),
+            _cell(c["logprob_shift_net"], signed=True),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def effects_table(effects: dict[str, Any]) -> str:
+    """Markdown: per condition, the targets' joint outcomes over the new value and the suite's Gap Score."""
+    header = ["condition", "p11", "p10", "p01", "p00", "suite und", "suite gen", "suite Gap Score"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for condition, e in effects.items():
+        gap = e["gap"] or {}
+        score = gap.get("gap_reference")
+        ci = gap.get("gap_reference_ci")
+        joint = [_num(e["joint"].get(k)) for k in ("p11", "p10", "p01", "p00")]
+        suite = [_num(gap.get("und_acc")), _num(gap.get("gen_acc")), _cell({"mean": score, "ci": ci})]
+        lines.append("| " + " | ".join([LABELS.get(condition, condition), *joint, *suite]) + " |")
+    return "\n".join(lines)
+
+
+def report_text(summary: dict[str, Any], records: list[dict[str, Any]], conditions: list[str]) -> str:
+    """Everything ``gapeval edit`` writes to table.md: the metrics, the propagation decisions, the joint
+    outcomes and gap, and a table per spec group."""
+    from interventions.editing.metrics import summarize_groups
+
+    parts = [format_table(summary["conditions"])]
+    if summary["propagation"]:
+        parts.append(
+            "Propagation (paired, per edit against its own baseline):\n\n"
+            + propagation_table(summary["propagation"])
+        )
+    parts.append(
+        "Joint outcomes on the targets (new value) and the suite's Gap Score:\n\n"
+        + effects_table(summary["effects"])
+    )
+    return "\n\n".join(parts) + group_tables(records, summarize_groups(records, conditions))
 
 
 def group_tables(records: list[dict[str, Any]], groups: dict[str, Any]) -> str:

@@ -166,7 +166,11 @@ def rehearsal_batches(
         requests = [Request(i.id, i.prompt(direction), i.image) for i in items]
         with torch.no_grad():
             answers = model.understand(requests) if direction == "und" else model.generate(requests)
-        kept = [(r, a) for r, a in zip(requests, answers, strict=True) if not isinstance(a, str) or a.strip()]
+        kept = [  # an empty text answer or an adapter's per-request error has nothing to rehearse
+            (r, a)
+            for r, a in zip(requests, answers, strict=True)
+            if not isinstance(a, Exception) and (not isinstance(a, str) or a.strip())
+        ]
         per_direction.append(
             [
                 _with_reference(

@@ -1,14 +1,16 @@
 """Locate-then-edit (MEMIT's closed form): write new values into the MLP output projections of chosen layers.
 
-1. **Values.** A residual shift ``δ`` at the key positions, added to the output of the last edited layer, is
+1. **Values.** A residual shift ``δ`` at the key positions, added to the output of the value layer, is
    optimised (Adam) until the trained direction produces the new answer; ``z = h + δ`` is what that layer's
-   output should be.
+   output should be. The value layer is one whose output later layers still read (MEMIT's arrangement): for
+   ``subject`` and ``last`` keys a shift there reaches the answer only through a later layer's attention, so
+   by default it is the layer below the last, and the edited layers are those up to it.
 2. **Keys** are the inputs of each edited layer's ``mlp_out`` at the key site: ``answer`` (every answer
    position — the built-in UMM reads the subject's name again at each one, see
-   ../shared/reference/toy-mechanism.md), ``last`` (the last prompt token) or ``subject`` (the subject's last
+   docs/patching.md), ``last`` (the last prompt token) or ``subject`` (the subject's last
    token, ROME's choice for models that build the subject there).
 3. **Update**, layer by layer from the lowest, with keys and residuals re-read after each: the residual still
-   missing, ``R = (z − h) / (layers left)``, is written as ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹``, where ``C`` is the
+   missing, ``R = (z − h) / (layers left)``, is written as ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹`` (:func:`closed_form_update`), where ``C`` is the
    second moment of ``mlp_out`` inputs over the world's text (prompts and reference answers of many items),
    so keys the edit does not name move as little as possible.
 
@@ -22,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,6 +39,7 @@ from interventions.editing.editor import (
     rehearsal_batches,
     training_batches,
 )
+from interventions.editing.ranges import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, Range
 from interventions.hooks import layers as decoder_layers
 from interventions.hooks import rewrite
 
@@ -80,6 +83,16 @@ def _restored(model: Intervenable, layers: Sequence[int]) -> Iterator[dict[int, 
                 _mlp_out(model, layer).weight.copy_(weight)
 
 
+def closed_form_update(
+    keys: torch.Tensor, residual: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ΔW (d_out × d_in) with ΔW kᵢ ≈ rᵢ for each key row kᵢ of ``keys`` (n × d_in) and residual row rᵢ
+    (n × d_out), moving the keys ``keep`` (d_in × d_in: λC plus kept keys' Gram) as little as possible:
+    ``ΔW = Rᵀ K (Kᵀ K + keep)⁻¹`` (a 1e-6 ridge makes it solvable when keys span less than d_in)."""
+    gram = keys.T @ keys + (0 if keep is None else keep) + 1e-6 * torch.eye(keys.shape[1])
+    return torch.linalg.solve(gram.double(), (keys.T @ residual).double()).T.float()
+
+
 def _answer_positions(fp: ForwardPass) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.arange(len(fp))[:, None].expand_as(fp.answer_positions)
     return rows[fp.answer_mask], fp.answer_positions[fp.answer_mask]
@@ -100,7 +113,10 @@ class LocateEdit(Edit):
 class LocateEditor(Editor):
     """``corpus`` gives the key covariance (default: none, i.e. plain minimum-norm least squares)."""
 
-    layers: tuple[int, ...] | None = None  # default: every decoder layer
+    layers: tuple[int, ...] | None = None  # default: every decoder layer up to the value layer
+    value_layer: int | None = (
+        None  # default: max(layers); without layers the last for "answer", else the one below
+    )
     key_site: str = "answer"
     cov_weight: float = 1e3  # λ: how strongly keys of the corpus keep their outputs
     value_steps: int = 100
@@ -112,6 +128,17 @@ class LocateEditor(Editor):
     retain_weight: float = 3.0
     rounds: int = 4  # value optimisation + update, repeated from the edited weights until the values hold
     name: str = "locate"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "layers": NON_NEGATIVE,
+        "value_layer": NON_NEGATIVE,
+        "cov_weight": NON_NEGATIVE,
+        "value_steps": AT_LEAST_ONE,
+        "value_lr": POSITIVE,
+        "value_target_p": PROBABILITY,
+        "value_decay": NON_NEGATIVE,
+        "retain_weight": NON_NEGATIVE,
+        "rounds": AT_LEAST_ONE,
+    }
 
     def __post_init__(self) -> None:
         if self.key_site not in KEY_SITES:
@@ -126,6 +153,7 @@ class LocateEditor(Editor):
             "name": self.name,
             "layers": "all" if self.layers is None else sorted(self.layers),
             "key_site": self.key_site,
+            "value_layer": "default" if self.value_layer is None else self.value_layer,
             "cov_weight": self.cov_weight,
             "value_steps": self.value_steps,
             "value_lr": self.value_lr,
@@ -137,11 +165,31 @@ class LocateEditor(Editor):
             "rounds": self.rounds,
         }
 
-    def _layers(self, model: Intervenable) -> tuple[int, ...]:
+    def _value_layer(self, model: Intervenable) -> int:
+        """Where the value is optimised: ``value_layer``; else the highest of ``layers`` when given; else the
+        last layer for ``answer`` keys (each answer position's own residual feeds its logit) and the one below
+        for ``last`` and ``subject`` (a later layer must still read the shift from that position)."""
         n_layers = len(decoder_layers(model))
-        layers = tuple(range(n_layers)) if self.layers is None else tuple(sorted(self.layers))
+        layer = self.value_layer
+        if layer is None and self.layers:
+            layer = max(self.layers)
+        if layer is None:
+            layer = n_layers - 1 if self.key_site == "answer" or n_layers == 1 else n_layers - 2
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"value_layer {layer} out of range: the model has {n_layers} layers")
+        return layer
+
+    def _layers(self, model: Intervenable) -> tuple[int, ...]:
+        """The edited layers: ``layers``, else every layer up to the value layer (none above it: an update
+        there would come after the value it is meant to produce)."""
+        n_layers, top = len(decoder_layers(model)), self._value_layer(model)
+        layers = tuple(range(top + 1)) if self.layers is None else tuple(sorted(self.layers))
         if not all(0 <= layer < n_layers for layer in layers):
             raise ValueError(f"layers {layers} out of range: the model has {n_layers}")
+        if layers[-1] > top:
+            raise ValueError(
+                f"layers {layers} end above value_layer {top}: edited layers must be at or below it"
+            )
         return layers
 
     # --- where the keys are ----------------------------------------------------------------------------------
@@ -261,7 +309,7 @@ class LocateEditor(Editor):
 
     @contextmanager
     def apply(self, model: Intervenable, specs: Sequence, via: str) -> Iterator[LocateEdit]:
-        layers = self._layers(model)
+        layers, top = self._layers(model), self._value_layer(model)
         start = time.perf_counter()
         batches = training_batches(model, specs, via)
         positions = [self._positions(model, b) for b in batches]
@@ -270,28 +318,27 @@ class LocateEditor(Editor):
         with _restored(model, layers) as originals:
             rounds = 0
             for _ in range(self.rounds):
-                z, stats = self._values(model, batches, positions, layers[-1])
+                z, stats = self._values(model, batches, positions, top)
                 if rounds and not stats["value_steps"]:
                     break  # the edited model already gives every new answer at the target probability
                 rounds += 1
                 for i, layer in enumerate(layers):
-                    keys, h = self._read(model, batches, positions, layer, layers[-1])
+                    keys, h = self._read(model, batches, positions, layer, top)
                     residual = (z - h) / (len(layers) - i)
-                    gram = keys.T @ keys
+                    keep = torch.zeros(keys.shape[1], keys.shape[1])
                     if covs[layer] is not None:
-                        gram = gram + self.cov_weight * covs[layer]
+                        keep = keep + self.cov_weight * covs[layer]
                     if kept:
-                        held, _ = self._read(
-                            model, kept, [_answer_positions(b.fp) for b in kept], layer, layers[-1]
-                        )
-                        gram = gram + self.retain_weight * held.T @ held
-                    gram = gram + 1e-6 * torch.eye(gram.shape[0])
-                    update = torch.linalg.solve(gram.double(), (keys.T @ residual).double()).T.float()
+                        held, _ = self._read(model, kept, [_answer_positions(b.fp) for b in kept], layer, top)
+                        keep = keep + self.retain_weight * held.T @ held
+                    update = closed_form_update(keys, residual, keep)
                     with torch.no_grad():
                         _mlp_out(model, layer).weight.add_(update)
             stats["rounds"] = rounds
             deltas = {
-                _weight_path(model, layer): _mlp_out(model, layer).weight.detach() - originals[layer]
+                # float64: original + delta gives back the edited float32 weights exactly when loaded
+                _weight_path(model, layer): _mlp_out(model, layer).weight.detach().double()
+                - originals[layer].double()
                 for layer in layers
             }
             stats |= {"keys": int(z.shape[0]), "seconds": time.perf_counter() - start}
@@ -305,5 +352,6 @@ class LocateEditor(Editor):
         layers = [int(name.removeprefix(prefix).removesuffix(suffix)) for name in deltas]
         with _restored(model, layers), torch.no_grad():
             for layer, delta in zip(layers, deltas.values(), strict=True):
-                _mlp_out(model, layer).weight.add_(delta)
+                weight = _mlp_out(model, layer).weight
+                weight.copy_((weight.double() + delta.double()).to(weight.dtype))
             yield

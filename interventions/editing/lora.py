@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import peft
 import torch
@@ -29,6 +29,7 @@ from interventions.editing.editor import (
     retention_loss,
     training_batches,
 )
+from interventions.editing.ranges import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range
 from interventions.editing.specs import EditSpec
 
 
@@ -71,6 +72,18 @@ class LoraEditor(Editor):
     seed: int = 0
     retain: Sequence[Item] = field(default=(), repr=False)  # rehearsed with the model's own answers
     name: str = "lora"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "rank": AT_LEAST_ONE,
+        "alpha": POSITIVE,
+        "lr": POSITIVE,
+        "max_steps": AT_LEAST_ONE,
+        "layers": NON_NEGATIVE,
+        "retain_weight": NON_NEGATIVE,
+        "retain_rows": AT_LEAST_ONE,
+        "loss_cap": Range(0, 1, open_lo=True),
+        "stop_margin": NON_NEGATIVE,
+        "seed": NON_NEGATIVE,
+    }
 
     def __post_init__(self) -> None:
         self._rehearsal: dict[int, list[list[TrainingBatch]]] = {}

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from gapeval.files import numbered_jsonl
 from gapeval.items import Item
 from gapeval.synth.suite import (
     GENERATORS,
@@ -233,13 +234,11 @@ def load_specs(path: str | Path, world: World | None = None) -> list[EditSpec]:
     """Every spec of a JSONL file; the first bad line raises :class:`SpecError` naming file, line and field."""
     path = Path(path)
     specs, seen = [], set()
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise SpecError(f"malformed JSON: {err.msg}", file=str(path), line=number) from None
+
+    def malformed(path: Path, number: int, problem: str) -> SpecError:
+        return SpecError(f"malformed JSON: {problem}", file=str(path), line=number)
+
+    for number, data in numbered_jsonl(path, error=malformed, objects_only=False):
         spec = parse_spec(data, file=str(path), line=number, world=world)
         if spec.id in seen:
             raise SpecError(f"duplicate id {spec.id!r}", file=str(path), line=number, field="id")
@@ -268,6 +267,11 @@ GROUPS = {
 }  # inject specs: reserve realm taught by name, or never
 
 
+def spec_realms(world: World, kind: str) -> list:
+    """The realms ``kind`` specs are drawn from: existing realms for an edit, reserve realms for an inject."""
+    return list(world.realms) if kind == "edit" else world.reserve_known + world.reserve_unseen
+
+
 def synth_spec_data(world: World, kind: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` random specs over the synth world, as JSON objects (what a spec file holds).
 
@@ -279,9 +283,9 @@ def synth_spec_data(world: World, kind: str, n: int, seed: int = 0) -> list[dict
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rng = random.Random(f"edit-specs-{seed}-{kind}")
-    pool = world.realms if kind == "edit" else world.reserve_known + world.reserve_unseen
-    if n > len(pool):
-        raise ValueError(f"{n} {kind} specs need {n} realms; the world has {len(pool)}")
+    pool = spec_realms(world, kind)
+    if not 1 <= n <= len(pool):
+        raise ValueError(f"--edits must be in [1, {len(pool)}] for {kind} specs (one realm each), got {n}")
     kinds = [Obj(s, c) for s in SHAPES for c in COLOURS]
     out = []
     for k, realm in enumerate(rng.sample(pool, n)):
@@ -320,16 +324,33 @@ def write_specs(data: Sequence[dict[str, Any]], path: str | Path) -> None:
     Path(path).write_text("".join(json.dumps(d) + "\n" for d in data), encoding="utf-8")
 
 
+def _realm(item: Item | dict) -> str | None:
+    meta = item.get("meta") if isinstance(item, dict) else item.meta
+    return (meta or {}).get("realm")
+
+
+def _mentions_any(specs: Sequence[EditSpec], item: Item | dict) -> bool:
+    get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
+    return any(s.mentions(get("und_prompt")) or s.mentions(get("gen_prompt")) for s in specs)
+
+
 def locality_items(
-    specs: Sequence[EditSpec], pool: Sequence[Item], n_world: int = 48, n_other: int = 8
+    specs: Sequence[EditSpec],
+    pool: Sequence[Item],
+    n_world: int = 48,
+    n_other: int = 8,
+    realms: Collection[str] | None = None,
 ) -> list[Item]:
     """A fixed locality slice: the first ``n_world`` world-knowledge items of ``pool`` that mention no edited
-    subject, and the first ``n_other`` items of each other category (pool order, so every condition and
-    every run asks the same ones)."""
+    subject (and, given ``realms``, are about one of them: the held-out side of :func:`split_realms`), and the
+    first ``n_other`` items of each other category (pool order, so every condition and every run asks the
+    same ones)."""
     out: list[Item] = []
     taken: dict[str, int] = {}
     for item in pool:
-        if any(s.mentions(item.und_prompt) or s.mentions(item.gen_prompt) for s in specs):
+        if _mentions_any(specs, item):
+            continue
+        if realms is not None and item.category == "world_knowledge" and _realm(item) not in realms:
             continue
         cap = n_world if item.category == "world_knowledge" else n_other
         if taken.get(item.category, 0) < cap:
@@ -345,15 +366,18 @@ def retain_items(
     n_world: int = 32,
     n_other: int = 16,
     seed: int = 0,
+    realms: Collection[str] | None = None,
 ) -> list[Item]:
     """Items an editor may rehearse to keep the rest of the model as it was: world-knowledge questions about
-    unedited realms in phrasings the suite does not use, and fresh items of the other categories — none the
-    same question as an ``exclude`` item (the locality items stay held out) or mentioning an edited subject."""
+    unedited realms (given ``realms``, only those: the retain side of :func:`split_realms`) in phrasings the
+    suite does not use, and fresh items of the other categories — none the same question as an ``exclude``
+    item (the locality items stay held out) or mentioning an edited subject."""
     rng = random.Random(f"edit-retain-{seed}")
     taken = {item_key(i) for i in exclude}
     world_pool = [
         (realm, hop, p)
         for realm in world.realms
+        if realms is None or realm.name in realms
         for hop in WK_SUBJECT
         for p in range(len(WK_UND))
         if p != suite_phrasing(world, realm, hop)
@@ -366,9 +390,72 @@ def retain_items(
     counts: dict[str, int] = {}
     for f in fields:
         cap = n_world if f["category"] == "world_knowledge" else n_other
-        mentioned = any(s.mentions(f["und_prompt"]) or s.mentions(f["gen_prompt"]) for s in specs)
+        mentioned = _mentions_any(specs, f)
         if counts.get(f["category"], 0) >= cap or mentioned or item_key(f) in taken:
             continue
         counts[f["category"]] = counts.get(f["category"], 0) + 1
         out.append(Item(id=f"retain-{len(out):04d}", **f))
     return out
+
+
+# --- held-out locality -----------------------------------------------------------------------------------
+
+
+def split_realms(
+    world: World, specs: Sequence[EditSpec], seed: int = 0, fraction: float = 0.5
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The unedited realms, split once (seeded) into a retain side and a locality side.
+
+    Why: an editor that rehearses a realm's facts (LoRA's KL items, locate's kept keys and key statistics)
+    is judged on other realms only, so locality measures what the edit did to facts it never saw."""
+    edited = {s.subject for s in specs}
+    names = sorted(
+        r.name for r in world.realms if r.name not in edited and not any(s.mentions(r.name) for s in specs)
+    )
+    random.Random(f"edit-split-{seed}").shuffle(names)
+    cut = round(len(names) * (1 - fraction))
+    return tuple(sorted(names[:cut])), tuple(sorted(names[cut:]))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What an edit experiment may train on and what it judges locality with, split by realm.
+
+    ``retain`` (rehearsal / kept keys) and ``corpus`` (key statistics) come from the retain side only;
+    ``locality`` items from the locality side and from categories that name no realm (never in ``retain``
+    or ``corpus`` as the same question); ``controls`` are locality-side realms whose names stand in for
+    the edited subject to measure a subject-nonspecific log-probability shift."""
+
+    retain_realms: tuple[str, ...]
+    locality_realms: tuple[str, ...]
+    locality: list[Item]
+    retain: list[Item]
+    corpus: list[Item]
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        return self.locality_realms
+
+
+def hold_out(
+    world: World,
+    specs: Sequence[EditSpec],
+    pool: Sequence[Item],
+    *,
+    seed: int = 0,
+    n_world: int = 48,
+    n_other: int = 8,
+) -> HeldOut:
+    """The retain / locality split of :func:`split_realms` and the items each side gives an experiment."""
+    keep, held = split_realms(world, specs, seed)
+    local = locality_items(specs, pool, n_world, n_other, realms=held)
+    shown = {item_key(i) for i in local}
+    corpus = [
+        i
+        for i in pool
+        if item_key(i) not in shown
+        and not _mentions_any(specs, i)
+        and (i.category != "world_knowledge" or _realm(i) in keep)
+    ]
+    retain = retain_items(world, specs, local, n_world=64, n_other=32, seed=seed, realms=keep)
+    return HeldOut(keep, held, local, retain, corpus)

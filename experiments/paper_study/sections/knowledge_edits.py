@@ -1,9 +1,12 @@
 """Section 2, knowledge inject and edit (the paper's knowledge-manipulation figure): train a new fact in through
-one direction (:func:`interventions.editing.edit_run.run_edit`, both editors), judge both directions, against the paper's
-published values.
+one direction (:func:`interventions.editing.edit_run.run_edit`, every editor of the profile), judge both
+directions, against the paper's published values — over several spec seeds, pooled per case for a paired
+propagation decision (Holm over the section's cases), with each model behind reason-then-draw
+(``bridge:MODEL``) as the positive control that decision must detect.
 
 Records: each run's ``records.jsonl`` (edit × condition × item × direction, written by the library) under
-``edit/<model>/<kind>-<editor>/``, and ``edit/edit.jsonl``, one line per (run, condition, direction, metric).
+``edit/<model>/<kind>-<editor>/seed<S>/``, ``edit/edit.jsonl``, one line per (run, condition, direction,
+metric), and ``edit/propagation.jsonl``, one line per pooled case.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ PUBLISHED_ORDER = ("und", "gen", "baseline")  # the order of the config's publis
 
 def make_editor(method: str, specs: Sequence[Any], pool: Sequence[Any], seed: int, **options: Any) -> Any:
     """The editor ``gapeval edit --method METHOD`` builds with its defaults (and ``options``, which the printed
-    command line states), so that command reproduces a run."""
+    command line states), trained on the retain side of the seeded realm split, so that command reproduces a run."""
+    from gapeval.synth.world import World
     from interventions.editing.edit_run import build_editor
-    from interventions.editing.specs import locality_items
+    from interventions.editing.specs import hold_out
 
-    return build_editor(method, specs, locality_items(specs, pool), pool, seed=seed, **options)
+    return build_editor(method, hold_out(World(0), specs, pool, seed=seed), seed=seed, **options)
 
 
 def unrepresentable(model: Any, specs: Sequence[Any]) -> list[str]:
@@ -42,49 +46,71 @@ def unrepresentable(model: Any, specs: Sequence[Any]) -> list[str]:
     return missing
 
 
-def propagation(summary: dict[str, Any], via: str) -> dict[str, Any]:
-    """Train-on-``via``: efficacy in ``via``, and the other direction against its baseline."""
-    other = "gen" if via == "und" else "und"
-    after, before = summary[via][other], summary["baseline"][other]
-    ci = after["target"]["ci"]
-    return {
-        "efficacy": summary[via][via]["target"],
-        "other": other,
-        "after": after["target"],
-        "baseline": before["target"]["mean"],
-        "above_baseline": ci is not None and ci[0] > before["target"]["mean"],
-        "logprob_shift": after["logprob_shift"],
-    }
-
-
-def propagation_summary(results: Sequence[tuple[str, str, str, dict[str, Any]]]) -> str:
-    """One line over every (model, kind, editor, trained direction): how many reach the other direction."""
-    cases = [
-        propagation(s, via)
-        for _, _, _, s in results
-        for via in ("und", "gen")
-        if via in s and "baseline" in s
+def pooled(runs: Sequence[tuple[int, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """The records of several spec seeds as one experiment: edits and items named by seed, so every edit is
+    still paired with its own baseline."""
+    return [
+        {**r, "edit": f"{s}/{r['edit']}", "item": f"{s}/{r['item']}"} for s, records in runs for r in records
     ]
-    above = sum(p["above_baseline"] for p in cases)
-    shifted = sum(p["logprob_shift"]["ci"] is not None and p["logprob_shift"]["ci"][0] > 0 for p in cases)
+
+
+def propagation_cases(cases: Sequence[tuple[str, str, str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """One decision per (model, kind, editor, trained direction) over its pooled records, Holm-corrected over
+    every case of the section (the positive controls included)."""
+    from interventions.editing.metrics import propagation, with_holm
+
+    rows = []
+    for model, kind, method, records in cases:
+        present = {r["condition"] for r in records}
+        rows += [
+            {"model": model, "kind": kind, "editor": method, **propagation(records, via)}
+            for via in ("und", "gen")
+            if via in present and "baseline" in present
+        ]
+    return with_holm(rows)
+
+
+def propagation_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["model", "kind", "editor", "trained", "judged", "rate", "baseline", "up / down / edits", "p"]
+    header += ["Holm p", "detected", "min detectable (Holm)", "Δlogp", "net Δlogp"]
+    body = [
+        [r["model"], r["kind"], r["editor"], LABELS[r["via"]], r["to"], with_ci(r["rate"], r["ci"]), num(r["baseline"]),
+         f"{r['up']} / {r['down']} / {r['edits']}", f"{r['p']:.3g}", f"{r.get('p_holm', r['p']):.3g}",
+         "yes" if r.get("detected_holm", r["detected"]) else "no",
+         num(r.get("min_detectable_rate_holm", r["min_detectable_rate"])),
+         with_ci(r["logprob_shift"]["mean"], r["logprob_shift"]["ci"]),
+         with_ci(r["logprob_shift_net"]["mean"], r["logprob_shift_net"]["ci"])]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table(header, body)
+
+
+def propagation_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """One line over the plain models' cases (the bridge's are the positive control) and the controls."""
+    plain = [r for r in rows if not r["model"].startswith("bridge:")]
+    control = [r for r in rows if r["model"].startswith("bridge:") and r["via"] == "und"]
+    found = sum(r.get("detected_holm", r["detected"]) for r in plain)
+    mdr = [r.get("min_detectable_rate_holm", r["min_detectable_rate"]) for r in plain]
+    worst = "–" if not mdr or None in mdr else num(max(mdr))
+    seen = sum(r.get("detected_holm", r["detected"]) for r in control)
     return (
-        f"Propagation across directions: in {above} of {len(cases)} cases (model × kind × editor × trained "
-        f"direction) the untrained direction's target accuracy rose above its baseline (95 % CI lower bound); its "
-        f"log P(new) − log P(old) rose (CI above 0) in {shifted} of {len(cases)}."
+        f"Propagation across directions (paired sign test per edit against its own baseline, Holm over all "
+        f"{len(rows)} cases): detected in {found} of {len(plain)} cases (model × kind × editor × trained "
+        f"direction); the largest rate a case could miss is {worst}. Positive control (reason-then-draw, "
+        f"Train-on-Und → gen): detected in {seen} of {len(control)}; the unedited baseline is the negative control."
     )
 
 
 def _finding(model: str, kind: str, method: str, summary: dict[str, Any]) -> str:
-    parts = []
-    for via in ("und", "gen"):
-        if via not in summary or "baseline" not in summary:
-            continue
-        p = propagation(summary, via)
-        shift = p["logprob_shift"]
+    by_condition, parts = summary["conditions"], []
+    for case in summary["propagation"]:
+        via, other = case["via"], case["to"]
+        eff, local = by_condition[via][via]["target"], by_condition[via][via]["locality"]
         parts.append(
-            f"{LABELS[via]} reaches {via} {with_ci(p['efficacy']['mean'], p['efficacy']['ci'])} and {p['other']} "
-            f"{with_ci(p['after']['mean'], p['after']['ci'])} (baseline {num(p['baseline'])}; "
-            f"{'above' if p['above_baseline'] else 'not above'} it; Δlogp {with_ci(shift['mean'], shift['ci'])})"
+            f"{LABELS[via]} reaches {via} {with_ci(eff['mean'], eff['ci'])} (held-out locality "
+            f"{with_ci(local['mean'], local['ci'])}) and {other} {with_ci(case['rate'], case['ci'])} (baseline "
+            f"{num(case['baseline'])}; p={case['p']:.3g}; net Δlogp "
+            f"{with_ci(case['logprob_shift_net']['mean'], case['logprob_shift_net']['ci'])})"
         )
     return f"`{model}`, {kind}, {method}: " + "; ".join(parts) + "."
 
@@ -95,7 +121,7 @@ def figure_table(results: Sequence[tuple[str, str, str, dict[str, Any]]], condit
     body = [
         [model, kind, method]
         + [with_ci(s[c][d]["target"]["mean"], s[c][d]["target"]["ci"]) if c in s else "–" for d in ("und", "gen") for c in conditions]
-        for model, kind, method, s in results
+        for model, kind, method, s in ((m, k, e, x["conditions"]) for m, k, e, x in results)
     ]  # fmt: skip
     return markdown_table(header, body)
 
@@ -110,91 +136,129 @@ def published_table(published: dict[str, Any]) -> str:
     return markdown_table(["kind", "evaluated in", "model", *(LABELS[c] for c in PUBLISHED_ORDER)], body)
 
 
+def _runs(ctx: Context, sizes: dict[str, Any]) -> list[tuple[str, str, str, list[str]]]:
+    """(model, kind, editor, conditions) of every run: the study's models, then the positive controls (each
+    model behind reason-then-draw, ``bridge:MODEL``, LoRA edits trained through und)."""
+    conditions = list(sizes["conditions"])
+    runs = [
+        (m, k, e, conditions) for m in ctx.config.models for k in sizes["kinds"] for e in sizes["editors"]
+    ]
+    if sizes.get("controls", False):
+        runs += [(f"bridge:{m}", "edit", "lora", ["baseline", "und"]) for m in ctx.config.models]
+    return runs
+
+
 def edit_section(ctx: Context) -> Section:
     from gapeval.models.base import Intervenable
     from gapeval.synth.world import World
-    from interventions.editing.edit_report import format_table, group_tables, plot
-    from interventions.editing.edit_run import read_records, run_edit
-    from interventions.editing.metrics import summarize_groups
-    from interventions.editing.specs import locality_items, synth_specs
+    from interventions.editing.edit_report import plot, report_text
+    from interventions.editing.edit_run import build_editor, read_records, run_edit
+    from interventions.editing.specs import hold_out, synth_specs
 
     sizes, seed = ctx.config.sizes["edit"], ctx.config.seed
-    conditions = list(sizes["conditions"])
+    seeds = list(sizes.get("spec_seeds", [seed]))
     folder = ctx.folder("edit")
     section = Section("edit", "Knowledge inject and edit")
-    results, rows = [], []
-    for spec in ctx.config.models:
+    results, rows, cases, per_seed = [], [], [], []
+    for spec, kind, method, conditions in _runs(ctx, sizes):
         model = ctx.model(spec)
         if not isinstance(model, Intervenable):
             section.skipped.append(f"`{spec}`: the adapter does not expose the intervention contract")
             continue
-        for kind in sizes["kinds"]:
-            specs = synth_specs(World(0), kind, sizes["specs"], seed)
-            if missing := unrepresentable(model, specs):
-                section.skipped.append(
-                    f"`{spec}`, {kind}: the model cannot represent the subjects {', '.join(missing[:4])}"
-                    f"{' …' if len(missing) > 4 else ''} (its vocabulary predates the reserve realms)"
+        if missing := unrepresentable(model, synth_specs(World(0), kind, sizes["specs"], seeds[0])):
+            section.skipped.append(
+                f"`{spec}`, {kind}: the model cannot represent the subjects {', '.join(missing[:4])}"
+                f"{' …' if len(missing) > 4 else ''} (its vocabulary predates the reserve realms)"
+            )
+            continue
+        # A size profile may cap LoRA's steps (the quick one does: its inject runs would hit the cap).
+        options = (
+            {"max_steps": sizes["lora_max_steps"]} if method == "lora" and "lora_max_steps" in sizes else {}
+        )
+        by_seed = []
+        for s in seeds:
+            specs = synth_specs(World(0), kind, sizes["specs"], s)
+            held = hold_out(World(0), specs, ctx.items, seed=s)
+            gap = bool(sizes.get("gap", False)) and s == seeds[0]
+            out = folder / slug(spec) / f"{kind}-{method}" / f"seed{s}"
+            summary = run_edit(
+                model,
+                specs,
+                build_editor(method, held, seed=s, **options),
+                held.locality,
+                out,
+                conditions=conditions,
+                seed=s,
+                controls=held.controls,
+                suite=ctx.items if gap else (),
+            )
+            records = read_records(out)
+            by_seed.append((s, records))
+            title = f"{spec}: {method}, {len(specs)} {kind} specs, spec seed {s}"
+            plot(summary["conditions"], out / "edit.png", title)
+            results.append((spec, f"{kind}, seed {s}", method, summary))
+            per_seed += [
+                {"model": spec, "kind": f"{kind}, seed {s}", "editor": method, **c}
+                for c in summary["propagation"]
+            ]
+            rel = out.relative_to(ctx.out)
+            section.records.append(f"{rel}/records.jsonl")
+            section.commands.append(
+                ctx.command(
+                    "edit",
+                    edit_arguments,
+                    model=spec,
+                    kind=kind,
+                    edits=len(specs),
+                    method=method,
+                    conditions=",".join(conditions),
+                    seed=s,
+                    gap=gap,
+                    out=out,
+                    editor_arg=[f"{k}={json.dumps(v)}" for k, v in options.items()],
                 )
-                continue
-            locality = locality_items(specs, ctx.items)
-            for method in sizes["editors"]:
-                out = folder / slug(spec) / f"{kind}-{method}"
-                # A size profile may cap LoRA's steps (the quick one does: its inject runs would hit the cap).
-                options = (
-                    {"max_steps": sizes["lora_max_steps"]}
-                    if method == "lora" and "lora_max_steps" in sizes
-                    else {}
-                )
-                editor = make_editor(method, specs, ctx.items, seed, **options)
-                summary = run_edit(model, specs, editor, locality, out, conditions=conditions, seed=seed)
-                title = f"{spec}: {method}, {len(specs)} {kind} specs"
-                plot(summary, out / "edit.png", title)
-                results.append((spec, kind, method, summary))
-                rel = out.relative_to(ctx.out)
-                records = read_records(out)
-                groups = summarize_groups(records, conditions)
+            )
+            if s == seeds[0]:
                 section.table(
                     f"{title} (95 % bootstrap CI over edits; `{rel}/records.jsonl`)",
-                    format_table(summary) + group_tables(records, groups),
+                    report_text(summary, records, conditions),
                 )
                 section.figure(title, out / "edit.png", ctx.out)
-                section.records.append(f"{rel}/records.jsonl")
-                section.commands.append(
-                    ctx.command(
-                        "edit",
-                        edit_arguments,
-                        model=spec,
-                        kind=kind,
-                        edits=len(specs),
-                        method=method,
-                        conditions=",".join(conditions),
-                        seed=seed,
-                        out=out,
-                        editor_arg=[f"{k}={json.dumps(v)}" for k, v in options.items()],
-                    )
-                )
-                section.findings.append(_finding(spec, kind, method, summary))
-                section.findings += [
-                    _finding(spec, f"{kind} ({group})", method, by_group)
-                    for group, by_group in groups.items()
-                ]
-                rows += [
-                    {"model": spec, "kind": kind, "editor": method, "condition": c, "direction": d, "metric": m, **est}
-                    for c, by_d in summary.items()
-                    for d, metrics in by_d.items()
-                    for m, est in metrics.items()
-                ]  # fmt: skip
-    if results:
-        section.findings.insert(0, propagation_summary(results))
+            section.findings.append(_finding(spec, f"{kind} (spec seed {s})", method, summary))
+            rows += [
+                {"model": spec, "kind": kind, "editor": method, "spec_seed": s, "condition": c, "direction": d, "metric": m, **est}
+                for c, by_d in summary["conditions"].items()
+                for d, metrics in by_d.items()
+                for m, est in metrics.items()
+            ]  # fmt: skip
+        cases.append((spec, kind, method, pooled(by_seed)))
+    decisions = propagation_cases(cases)
+    if decisions:
+        section.findings.insert(0, propagation_summary(decisions))
+        section.tables.insert(
+            0,
+            {
+                "caption": f"Propagation into the untrained direction, spec seeds {seeds} pooled ({sizes['specs']} "
+                "edits each): each edit's outcome against its own unedited outcome (one-sided exact sign test), "
+                "Holm over every case here; min detectable = the smallest rate the corrected rule can flag",
+                "markdown": propagation_table(decisions),
+            },
+        )
+    if per_seed:
+        section.table(
+            "Propagation per spec seed (each run alone; Holm over its own two directions)",
+            propagation_table(per_seed),
+        )
     write_jsonl(folder / "edit.jsonl", rows)
-    section.records.insert(0, "edit/edit.jsonl")
+    write_jsonl(folder / "propagation.jsonl", decisions)
+    section.records[:0] = ["edit/edit.jsonl", "edit/propagation.jsonl"]
     if results:
         section.tables.insert(
             0,
             {
                 "caption": "Accuracy on the target knowledge, per condition and evaluated direction (the paper's "
-                "figure; 95 % bootstrap CI over edits)",
-                "markdown": figure_table(results, conditions),
+                "figure; 95 % bootstrap CI over edits; one row per spec seed)",
+                "markdown": figure_table(results, list(sizes["conditions"])),
             },
         )
     section.table(
