@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from gapeval.models.base import DIRECTIONS, ForwardPass, Intervenable, Request
-from interventions.hooks import HookPoint, first_tensor, residual_stream
+from interventions.hooks import first_tensor, residual_stream
 from probes.dataset import ProbeSet
 from probes.names import POSITIONS
 
@@ -38,11 +38,6 @@ ROWS = "rows.json"
 def layer_names(model: Intervenable) -> list[str]:
     """The captured layers' names: hook points of the residual stream."""
     return [p.name for p in residual_stream(model)]
-
-
-def layer_site(model: Intervenable, k: int) -> HookPoint:
-    """The hook point of captured layer ``k`` (the stream entering layer ``k``; the last leaves the last layer)."""
-    return residual_stream(model)[k]
 
 
 def check_positions(positions: Sequence[str]) -> None:
