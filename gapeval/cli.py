@@ -320,6 +320,7 @@ PLUGGED = (
     ("probe", "probes.probe_cli", "per-layer probes, transfer and causal erasure of a realm attribute"),
     ("patch", "interventions.patching.patch_cli", "activation patching within and across directions"),
     ("study", "experiments.study_cli", "the paper's study in one command: tables, figures, report"),
+    ("sweep", "experiments.sweep_cli", "which training conditions make knowledge shared: train and measure"),
 )
 for _name, _module, _help in PLUGGED:
     _plugged = importlib.import_module(_module)

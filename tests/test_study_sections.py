@@ -7,7 +7,7 @@ import time
 
 import pytest
 import yaml
-from tests_support import check_commands
+from tests_support import check_commands, tiny_sweep
 
 from experiments.paper_study.config import DEFAULT_CONFIG, load_config
 from experiments.paper_study.records import finished
@@ -34,8 +34,9 @@ def study(tmp_path_factory):
     """One tiny study of every section into one folder (sections share the loaded model)."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
     data["suite"] = "synth:40"
-    data["sizes"]["quick"] = TINY
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    folder = tmp_path_factory.mktemp("config")
+    data["sizes"]["quick"] = {**TINY, "sharing": {"config": str(tiny_sweep(folder))}}
+    path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     config = load_config(path, quick=True, models=["toy"])
     out = tmp_path_factory.mktemp("study")
@@ -47,7 +48,7 @@ def study(tmp_path_factory):
     return out, seconds
 
 
-@pytest.mark.parametrize("name", ["gap", "edit", "bridge", "emergence", "mechanism"])
+@pytest.mark.parametrize("name", ["gap", "edit", "bridge", "emergence", "mechanism", "sharing"])
 def test_each_section_finishes_with_real_commands(study, name):
     out, _ = study
     section = finished(out / name)

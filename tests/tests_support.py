@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from gapeval.cli import build_parser
 
@@ -35,3 +39,26 @@ class SavedFigures:
     def bars(self, path, axis: int = 0) -> list[float]:
         """Heights of the bars of one axis of the figure saved at ``path``, in drawing order."""
         return [round(p.get_height(), 9) for p in self.figures[str(path)].axes[axis].patches]
+
+
+TINY_SWEEP = {
+    "train": {"d_model": 16, "n_layers": 1, "n_heads": 2, "steps": 12, "batch_size": 4, "warmup": 2,
+              "codec_images": 100, "save_at": [1.0], "log_every": 4, "eval_every": 12, "eval_items": 12,
+              "resume_every": 4},
+    "seeds": [0],
+    "conditions": {"default": {}, "pair": {"variant": "pair"}},
+    "references": [],
+    "baseline": "pair",
+    "measure": {"edits": 2, "inject": 0, "lora_max_steps": 2, "probe_realms": 6, "shuffles": 0,
+                "patch_pairs": 1, "gap_items": 12},
+}  # fmt: skip
+
+
+def tiny_sweep(folder: Path, **changes: Any) -> Path:
+    """A sweep file whose profiles are a two-model sweep (default and the pair) that trains in seconds."""
+    path = folder / "sweep.yaml"
+    path.write_text(
+        yaml.safe_dump({"quick": {**TINY_SWEEP, **changes}, "full": {**TINY_SWEEP, **changes}}),
+        encoding="utf-8",
+    )
+    return path

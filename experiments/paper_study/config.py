@@ -13,7 +13,7 @@ from typing import Any
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 # The sections config.yaml must size; a plug-in section (registered in code) may have no entry.
-BUILT_IN = ("gap", "edit", "bridge", "emergence", "mechanism")
+BUILT_IN = ("gap", "edit", "bridge", "emergence", "mechanism", "sharing")
 
 
 @dataclass

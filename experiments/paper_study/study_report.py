@@ -13,7 +13,7 @@ from experiments.paper_study.records import Section
 REPORT = "report.md"
 
 
-def _section(number: int, section: Section) -> list[str]:
+def section_markdown(number: int, section: Section) -> list[str]:
     lines = [f"## {number}. {section.title}", ""]
     for note in section.skipped:
         lines += [f"> Not run here: {note}", ""]
@@ -67,7 +67,7 @@ def write_report(
     lines += [f"- {finding}" for section in sections for finding in section.findings] or ["- (none)"]
     lines.append("")
     for number, section in enumerate(sections, start=1):
-        lines += _section(number, section)
+        lines += section_markdown(number, section)
     path = out / REPORT
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

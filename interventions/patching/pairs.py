@@ -17,6 +17,7 @@ from typing import Any
 from gapeval.files import numbered_jsonl
 from gapeval.items import Item
 from gapeval.models.base import DIRECTIONS, Intervenable, Request
+from gapeval.synth.world import World
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,18 @@ def synth_pairs(
     phrasing: int = 0,
     pictured: bool | None = True,
     world_seed: int = 0,
+    world: World | None = None,
 ) -> list[Pair]:
     """``n`` world-knowledge pairs of taught realms with different emblems, checked with :func:`check_pair`.
 
     ``pictured`` keeps realms whose emblem training showed as a picture (True: both directions know the answer
     in the shipped toy), never showed (False), or all (None). The span is the realm's name (``one_hop``) or its
-    founder's (``two_hop``). Candidates whose spans tokenise to different lengths are skipped.
+    founder's (``two_hop``). Candidates whose spans tokenise to different lengths are skipped. ``world`` is the
+    model's world when it was trained on another than the default ``World(world_seed)`` (e.g. more realms).
     """
     from gapeval.synth.suite import make_world_knowledge
-    from gapeval.synth.world import World
 
-    world = World(world_seed)
+    world = world or World(world_seed)
     realms = [r for r in world.realms if pictured is None or r.pictured == pictured]
     candidates = [(a, b) for a in realms for b in realms if a.emblem != b.emblem]
     random.Random(f"patch-pairs-{seed}").shuffle(candidates)

@@ -18,6 +18,7 @@ SECTIONS: dict[str, str] = {
     "bridge": "experiments.paper_study.sections.reason_then_draw:bridge_section",
     "emergence": "experiments.paper_study.sections.emergence_curves:emergence_section",
     "mechanism": "experiments.paper_study.sections.mechanism:mechanism_section",
+    "sharing": "experiments.paper_study.sections.sharing:sharing_section",
 }
 
 

@@ -30,6 +30,7 @@ def ask(model: Any, items: Sequence[Any], template: str, seed: int) -> list[dict
     return [
         {
             "item": item.id,
+            "realm": item.meta.get("realm"),
             "pictured": item.meta.get("pictured_in_training"),
             "edit": item.meta.get("edit"),
             "und": p["und"]["correct"],

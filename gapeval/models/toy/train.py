@@ -313,6 +313,20 @@ class _Run:
                 self.window[k].append(v)
 
 
+def seconds_per_step(cfg: TrainConfig, steps: int = 20, warmup: int = 3) -> float:
+    """CPU seconds one training step of ``cfg`` takes here (after ``warmup`` steps), for budgeting runs."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _Run(replace(cfg, eval_every=0), Path(tmp))
+        for step in range(warmup):
+            run._step(step)
+        start = time.process_time()
+        for step in range(warmup, warmup + steps):
+            run._step(step)
+        return (time.process_time() - start) / steps
+
+
 def train(
     cfg: TrainConfig, out_dir: str | Path, progress: bool = True, evaluator: Evaluator | None = None
 ) -> Path:

@@ -1,0 +1,129 @@
+"""Pure functions from the sweep's stored measurements to its numbers: per condition (training seeds pooled),
+direct transfer and bridged recovery with CIs, each condition against the disjoint baseline (a one-sided
+permutation test over realms, Holm over conditions), the edit study's propagation decision on the pooled
+edits, probe transfer and where patching finds the fact.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from interventions.editing.metrics import estimate, holm, propagation, with_holm
+
+ALPHA = 0.05
+
+
+def realm_scores(
+    rows_by_seed: Sequence[tuple[int, list[dict]]], key: str, pictured: bool
+) -> dict[str, list[float]]:
+    """Per (seed, realm): the verdicts of ``key`` (und / gen / bridged) on the realm's items of one split."""
+    groups: dict[str, list[float]] = {}
+    for seed, rows in rows_by_seed:
+        for r in rows:
+            if r["pictured"] is pictured and r[key] is not None:
+                groups.setdefault(f"{seed}/{r['realm']}", []).append(float(r[key]))
+    return groups
+
+
+def majority_rate(world_realms: Sequence[Any]) -> float | None:
+    """What always drawing the commonest emblem kind would score on these realms (the emblem check is the
+    object's shape and colour)."""
+    kinds = Counter(r.emblem.kind for r in world_realms)
+    return max(kinds.values()) / len(world_realms) if world_realms else None
+
+
+def permutation_greater(
+    a: dict[str, list[float]], b: dict[str, list[float]], seed: int, draws: int = 10000
+) -> float:
+    """One-sided p that ``a``'s mean of group means exceeds ``b``'s, by permuting groups between the two."""
+    x = np.array([np.mean(v) for v in a.values()])
+    y = np.array([np.mean(v) for v in b.values()])
+    if not len(x) or not len(y):
+        return 1.0
+    pooled, observed = np.concatenate([x, y]), x.mean() - y.mean()
+    rng = np.random.default_rng(seed)
+    perms = np.array([rng.permutation(pooled) for _ in range(draws)])
+    diffs = perms[:, : len(x)].mean(1) - perms[:, len(x) :].mean(1)
+    return float((1 + np.sum(diffs >= observed - 1e-12)) / (1 + draws))
+
+
+def transfer_table(
+    knowledge: dict[str, list[tuple[int, list[dict]]]], baseline: str, seed: int
+) -> list[dict[str, Any]]:
+    """Per condition: und, gen and bridged accuracy on text-only realms and gen on pictured ones (95 % CIs
+    over seed × realm), and direct transfer against ``baseline``'s: difference, permutation p, Holm."""
+    rows = []
+    base_gen = realm_scores(knowledge[baseline], "gen", False) if baseline in knowledge else {}
+    for condition, by_seed in knowledge.items():
+        row: dict[str, Any] = {"condition": condition, "seeds": [s for s, _ in by_seed]}
+        for key in ("und", "gen", "bridged"):
+            row[f"text_{key}"] = estimate(realm_scores(by_seed, key, False), seed=seed)
+        row["pictured_gen"] = estimate(realm_scores(by_seed, "gen", True), seed=seed)
+        row["pictured_und"] = estimate(realm_scores(by_seed, "und", True), seed=seed)
+        gen = realm_scores(by_seed, "gen", False)
+        if condition != baseline and base_gen:
+            row["vs_baseline"] = {
+                "difference": row["text_gen"]["mean"] - estimate(base_gen)["mean"],
+                "p": permutation_greater(gen, base_gen, seed),
+            }
+        rows.append(row)
+    compared = [r for r in rows if "vs_baseline" in r]
+    for r, q in zip(compared, holm([r["vs_baseline"]["p"] for r in compared]), strict=True):
+        r["vs_baseline"] |= {"p_holm": q, "detected": q <= ALPHA}
+    return rows
+
+
+def propagation_table(edits: dict[str, list[tuple[int, dict]]]) -> list[dict[str, Any]]:
+    """Per condition and kind (edit, inject, and the bridged control): the decision of the edit study on the
+    edits of every training seed pooled (each edit against its own baseline), Holm over every case here."""
+    cases = []
+    for condition, by_seed in edits.items():
+        kinds = sorted({k for _, runs in by_seed for k in runs})
+        for kind in kinds:
+            pooled = [
+                {**r, "edit": f"{s}/{r['edit']}", "item": f"{s}/{r['item']}"}
+                for s, runs in by_seed
+                if kind in runs
+                for r in runs[kind]["records"]
+            ]
+            present = {r["condition"] for r in pooled}
+            for via in ("und", "gen"):
+                if via in present:
+                    case = propagation(pooled, via)
+                    case.pop("logprob_shift_net", None)
+                    cases.append({"condition": condition, "kind": kind, **case})
+    return with_holm(cases)
+
+
+def probe_peak(probe: dict[str, Any]) -> dict[str, Any]:
+    """The layer where und's probe is best, and und→gen transfer there and at its own best layer."""
+    und = [e["mean"] if e["mean"] is not None else -1.0 for e in probe["acc_und"]]
+    best = int(np.argmax(und))
+    transfer = [e["mean"] if e["mean"] is not None else -1.0 for e in probe["und_to_gen"]]
+    top = int(np.argmax(transfer))
+    return {
+        "layer": probe["layers"][best],
+        "und": probe["acc_und"][best],
+        "gen": probe["acc_gen"][best],
+        "und_to_gen": probe["und_to_gen"][best],
+        "best_transfer": {"layer": probe["layers"][top], **probe["und_to_gen"][top]},
+        "chance": probe["chance"],
+        "majority": probe["majority"],
+    }
+
+
+def patch_peak(patching: dict[str, Any]) -> dict[str, Any]:
+    """Per direction: the residual row where restoring the subject's name restores the most of the answer."""
+    if "skipped" in patching:
+        return {"skipped": patching["skipped"]}
+    out = {}
+    for d, profile in (patching.get("profile") or {}).items():
+        span = (profile or {}).get("span") or []
+        if span:
+            k = int(np.nanargmax(np.array(span, dtype=float)))
+            out[d] = {"row": patching["rows"][k], "restored": span[k]}
+    return out

@@ -1,0 +1,337 @@
+"""The sharing sweep in one call (``gapeval sweep``, and the study's ``sharing`` section): train every model of
+the sweep file (resuming killed runs, reusing finished or shipped ones), measure each (stored per unit, so a
+rerun reads it back), and report per condition with the training seeds pooled.
+
+Layout of ``OUT``: ``<model>/`` training runs, ``units/<model>/<measure>.json`` measurements (``edits/`` the
+edit runs behind them), ``training.jsonl`` (CPU seconds per trained model), ``sharing.jsonl`` (one line per
+model), ``conditions.jsonl`` (one line per condition), ``propagation.jsonl`` (one line per decision),
+``sharing.png`` and ``sweep.json`` (the resolved sweep file).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from experiments.paper_study.records import (
+    Section,
+    markdown_table,
+    num,
+    unit,
+    with_ci,
+    write_json,
+    write_jsonl,
+)
+from experiments.sharing import analysis, measure
+from experiments.sharing.config import SweepConfig, SweepModel
+from experiments.sharing.training import SHIPPED, finished_checkpoint, run_folder, train_config, train_model
+
+SWEEP = "sweep.json"
+TEMPLATE = "Draw: {answer}."  # the built-in UMM's draw-a-described-scene skill (reason-then-draw)
+
+
+def check_same_sweep(out: Path, config: SweepConfig) -> None:
+    """A folder that holds another sweep (other conditions, seeds or sizes) is refused: its units would be
+    reported as this one's."""
+    path = out / SWEEP
+    mine = {k: v for k, v in config.to_json().items() if k != "path"}
+    if path.exists():
+        theirs = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k != "path"}
+        if theirs != mine:
+            raise ValueError(f"{out} holds a sweep of another configuration (see {path}); use another --out")
+    write_json(path, config.to_json())
+
+
+def estimate_cpu_hours(config: SweepConfig, seconds_per_step: dict[tuple[int, int], float]) -> float:
+    """The sweep's training cost before it starts: steps × seconds per step of each model's width and depth
+    (measured, e.g. by benchmarks/train_speed.py), summed over models; the pair counts twice."""
+    total = 0.0
+    for model in config.models():
+        if model.train is None:
+            continue
+        cfg = {"d_model": 128, "n_layers": 4, "variant": "shared", **model.train}
+        per_step = seconds_per_step[(cfg["d_model"], cfg["n_layers"])]
+        total += cfg["steps"] * per_step * (2 if cfg["variant"] == "pair" else 1)
+    return total / 3600
+
+
+def spec_of(model: SweepModel, out: Path, shipped: Path) -> str | None:
+    if model.spec is not None:
+        return model.spec
+    checkpoint = finished_checkpoint(model, out, shipped)
+    return None if checkpoint is None else f"toy:{checkpoint}"
+
+
+def emergence_rows(model: SweepModel, out: Path, shipped: Path) -> list[dict[str, Any]]:
+    """The model's emergence log (logged during training): step, und and gen accuracy, world knowledge."""
+    if model.spec is not None:
+        from experiments.paper_study.toy_runs import training_runs
+
+        run, _ = training_runs(model.spec, [])
+        path = run.log if run is not None else None
+    else:
+        path = run_folder(model, out, shipped) / "emergence.jsonl"
+    if path is None or not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    wk = "world_knowledge"
+    return [
+        {"step": r["step"], "und": r["und_acc"], "gen": r["gen_acc"], "gap": r["gap_reference"],
+         "wk_und": r["categories"].get(wk, {}).get("und_acc"), "wk_gen": r["categories"].get(wk, {}).get("gen_acc")}
+        for r in rows
+    ]  # fmt: skip
+
+
+def measure_model(
+    model: SweepModel, spec: str, out: Path, config: SweepConfig, items: list, seed: int
+) -> dict:
+    """Every measurement of one model, each stored as a unit under ``out/units/<name>/``."""
+    from gapeval.models.registry import load_model
+
+    sizes, base = config.measure, out / "units" / model.name
+    world = measure.world_of(model.train)
+    loaded = load_model(spec, items)
+    return {
+        "knowledge": unit(base / "knowledge.json", measure.knowledge, loaded, world, TEMPLATE, seed),
+        "edits": unit(
+            base / "edits.json", measure.edits, spec, loaded, world, items, sizes, seed, base / "edits"
+        ),
+        "probe": unit(
+            base / "probe.json", measure.probe, loaded, len(world.realms), sizes, seed, base / "probe"
+        ),
+        "patching": unit(
+            base / "patching.json", measure.patching, loaded, world, sizes, seed, base / "patching"
+        ),
+        "gap": unit(base / "gap.json", measure.gap, loaded, sizes["gap_items"], seed),
+    }
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    train_only: bool = False,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+    shipped: Path = SHIPPED,
+) -> Section:
+    """Train (or resume) and measure the sweep's models into ``out``; return its report section.
+
+    ``only`` limits the call to these model names (e.g. ``default-seed0``; two processes can then train two
+    models side by side); ``train_only`` stops after training. The section covers every model measured in
+    ``out`` so far."""
+    from gapeval.suites import get_suite
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_sweep(out, config)
+    models = [m for m in config.models() if only is None or m.name in only]
+    if unknown := set(only or ()) - {m.name for m in config.models()}:
+        raise ValueError(
+            f"unknown sweep models {sorted(unknown)}; expected some of {[m.name for m in config.models()]}"
+        )
+    for model in models:
+        if model.train is not None:
+            row = train_model(model, out, progress=progress, shipped=shipped)
+            if row["trained_s"]:
+                with (out / "training.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    if train_only:
+        return Section("sharing", "What makes knowledge shared: the training sweep")
+    items = get_suite("synth").items
+    start = time.perf_counter()
+    for model in models:
+        spec = spec_of(model, out, shipped)
+        if spec is not None:
+            measure_model(model, spec, out, config, items, seed)
+    return report(config, out, seed, shipped, time.perf_counter() - start)
+
+
+def _stored(out: Path, model: SweepModel) -> dict[str, Any] | None:
+    base = out / "units" / model.name
+    names = ("knowledge", "edits", "probe", "patching", "gap")
+    if not all((base / f"{n}.json").exists() for n in names):
+        return None
+    return {n: json.loads((base / f"{n}.json").read_text(encoding="utf-8")) for n in names}
+
+
+def report(
+    config: SweepConfig, out: Path, seed: int, shipped: Path = SHIPPED, seconds: float = 0.0
+) -> Section:
+    """The section from the units stored in ``out`` (models not measured yet are listed as such)."""
+    section = Section("sharing", "What makes knowledge shared: the training sweep")
+    measured: dict[str, list[tuple[SweepModel, dict]]] = {}
+    for model in config.models():
+        stored = _stored(out, model)
+        if stored is None:
+            section.skipped.append(f"`{model.name}`: not trained or not measured yet")
+            continue
+        key = model.condition if model.spec is None else model.spec.split("@")[0]
+        measured.setdefault(key, []).append((model, stored))
+    per_model = [
+        {"model": m.name, "condition": c, "seed": m.seed, "spec": m.spec,
+         "train": asdict(train_config(m)) if m.train is not None else None,
+         "facts_learned": analysis.realm_scores([(m.seed, s["knowledge"])], "und", False),
+         "probe": analysis.probe_peak(s["probe"]), "patching": analysis.patch_peak(s["patching"]), "gap": s["gap"],
+         "emergence": emergence_rows(m, out, shipped)}
+        for c, models in measured.items() for m, s in models
+    ]  # fmt: skip
+    for row in per_model:
+        scores = row.pop("facts_learned")
+        row["text_und"] = sum(sum(v) / len(v) for v in scores.values()) / len(scores) if scores else None
+    knowledge = {c: [(m.seed, s["knowledge"]) for m, s in models] for c, models in measured.items()}
+    edits = {c: [(m.seed, s["edits"]) for m, s in models] for c, models in measured.items()}
+    transfer = analysis.transfer_table(knowledge, config.baseline, seed) if knowledge else []
+    decisions = analysis.propagation_table(edits) if edits else []
+    write_jsonl(out / "sharing.jsonl", per_model)
+    write_jsonl(out / "conditions.jsonl", transfer)
+    write_jsonl(out / "propagation.jsonl", decisions)
+    section.records += ["sharing.jsonl", "conditions.jsonl", "propagation.jsonl"]
+    if transfer:
+        _tables(section, config, transfer, decisions, per_model)
+        plot(transfer, decisions, out / "sharing.png")
+        section.figure("Direct transfer and propagation by training condition", out / "sharing.png", out)
+        section.findings += findings(config, transfer, decisions)
+    section.seconds = round(seconds, 1)
+    return section
+
+
+def _tables(section: Section, config: SweepConfig, transfer: list, decisions: list, per_model: list) -> None:
+    section.table(
+        f"Direct transfer: realms whose emblem training never drew, asked as a drawing (gen), in text (und) and "
+        f"bridged (ask in text, draw the own answer); gen on pictured realms for scale. 95 % CI over seed × realm; "
+        f"against `{config.baseline}` (the disjoint baseline): difference in gen, one-sided permutation p, Holm",
+        markdown_table(
+            ["condition", "seeds", "und (text-only)", "gen (text-only)", "bridged", "gen (pictured)", "Δ gen vs baseline", "p (Holm)"],
+            [[r["condition"], ",".join(map(str, r["seeds"])), *(with_ci(r[k]["mean"], r[k]["ci"]) for k in
+              ("text_und", "text_gen", "text_bridged", "pictured_gen")),
+              num(r["vs_baseline"]["difference"]) if "vs_baseline" in r else "–",
+              f"{r['vs_baseline']['p']:.3g} ({r['vs_baseline']['p_holm']:.3g})" if "vs_baseline" in r else "–"]
+             for r in transfer],
+        ),
+    )  # fmt: skip
+    if decisions:
+        section.table(
+            "Propagation of LoRA edits into the untrained direction (training seeds pooled; each edit against its "
+            "own unedited outcome, one-sided exact sign test, Holm over every case; `control` is the model behind "
+            "reason-then-draw, Train-on-Und, which must come out detected)",
+            markdown_table(
+                ["condition", "kind", "trained", "judged", "efficacy", "rate", "baseline", "up / down / edits", "p (Holm)", "detected", "min detectable"],
+                [[r["condition"], r["kind"], r["via"], r["to"], num(r["efficacy"]), with_ci(r["rate"], r["ci"]),
+                  num(r["baseline"]), f"{r['up']} / {r['down']} / {r['edits']}", f"{r['p']:.3g} ({r.get('p_holm', r['p']):.3g})",
+                  "yes" if r.get("detected_holm", r["detected"]) else "no",
+                  num(r.get("min_detectable_rate_holm", r["min_detectable_rate"]))] for r in decisions],
+            ),
+        )  # fmt: skip
+    section.table(
+        "Per model: und on text-only realms (did it learn its facts), probe transfer und→gen at und's best "
+        "layer (chance / majority beside it), where patching the name restores the most, Gap Score [95 % CI]",
+        markdown_table(
+            ["model", "und facts", "probe und / gen", "und→gen", "chance / majority", "patching und", "patching gen", "Gap"],
+            [[r["model"], num(r["text_und"]), f"{num(r['probe']['und']['mean'])} / {num(r['probe']['gen']['mean'])}",
+              with_ci(r["probe"]["und_to_gen"]["mean"], r["probe"]["und_to_gen"]["ci"]),
+              f"{num(r['probe']['chance'])} / {num(r['probe']['majority'])}",
+              *(_where(r["patching"], d) for d in ("und", "gen")),
+              with_ci(r["gap"]["gap_reference"], r["gap"]["gap_reference_ci"])] for r in per_model],
+        ),
+    )  # fmt: skip
+
+
+def _where(peak: dict[str, Any], direction: str) -> str:
+    entry = peak.get(direction)
+    return "–" if not entry else f"{entry['row']} ({num(entry['restored'])})"
+
+
+def findings(config: SweepConfig, transfer: list, decisions: list) -> list[str]:
+    moved = [r for r in transfer if r.get("vs_baseline", {}).get("detected")]
+    lines = [
+        "Direct transfer above the disjoint baseline "
+        f"(`{config.baseline}`, Holm over {sum('vs_baseline' in r for r in transfer)} conditions): "
+        + (
+            ", ".join(
+                f"`{r['condition']}` {with_ci(r['text_gen']['mean'], r['text_gen']['ci'])}" for r in moved
+            )
+            or "none"
+        )
+        + "."
+    ]
+    plain = [r for r in decisions if r["kind"] != "control"]
+    found = [r for r in plain if r.get("detected_holm", r["detected"])]
+    control = [r for r in decisions if r["kind"] == "control"]
+    lines.append(
+        f"Propagation of one-direction edits detected in {len(found)} of {len(plain)} cases"
+        + (
+            ": " + ", ".join(f"`{r['condition']}` {r['kind']} {r['via']}→{r['to']}" for r in found)
+            if found
+            else ""
+        )
+        + f"; positive control detected in {sum(r.get('detected_holm', r['detected']) for r in control)} of "
+        f"{len(control)}."
+    )
+    return lines
+
+
+def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> None:
+    """Left: gen, bridged and und on text-only realms per condition (95 % CIs). Right: propagation rate of
+    edits into the untrained direction per condition, und→gen and gen→und."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = [r["condition"] for r in transfer]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(conditions) * 2), 3.8))
+    for k, (key, label, colour) in enumerate(
+        (
+            ("text_gen", "gen", "#f08c00"),
+            ("text_bridged", "bridged gen", "#2b8a3e"),
+            ("text_und", "und", "#1c7ed6"),
+        )
+    ):
+        for x, r in enumerate(transfer):
+            est, mean = r[key], r[key]["mean"] or 0.0
+            err = [[mean - est["ci"][0]], [est["ci"][1] - mean]] if est["ci"] else None
+            left.bar(
+                x + (k - 1) * 0.27,
+                mean,
+                0.27,
+                color=colour,
+                yerr=err,
+                capsize=2,
+                label=label if x == 0 else None,
+            )
+    left.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
+    left.set(ylim=(0, 1.15), ylabel="accuracy, text-only realms", title="direct transfer vs bridged")
+    left.legend(fontsize=7, ncol=3, loc="upper center")
+    edit = [r for r in decisions if r["kind"] == "edit"]
+    for k, (via, colour) in enumerate((("und", "#1c7ed6"), ("gen", "#f08c00"))):
+        for x, c in enumerate(conditions):
+            hit = [r for r in edit if r["condition"] == c and r["via"] == via]
+            if hit and hit[0]["rate"] is not None:
+                r = hit[0]
+                err = [[r["rate"] - r["ci"][0]], [r["ci"][1] - r["rate"]]] if r["ci"] else None
+                right.bar(x + (k - 0.5) * 0.4, r["rate"], 0.4, color=colour, yerr=err, capsize=2,
+                          label=f"trained {via} → judged {r['to']}" if x == 0 else None)  # fmt: skip
+    right.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
+    right.set(ylim=(0, 1.15), ylabel="new value in the other direction", title="edit propagation (LoRA)")
+    right.legend(fontsize=7, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def measured_step_seconds(config: SweepConfig, steps: int = 20) -> dict[tuple[int, int], float]:
+    """CPU seconds per training step of every width and depth the sweep trains, timed here and now."""
+    from gapeval.models.toy.train import TrainConfig, seconds_per_step
+
+    shapes = {}
+    for model in config.models():
+        if model.train is not None:
+            cfg = TrainConfig().updated({**model.train, "variant": "shared"})
+            shapes.setdefault((cfg.d_model, cfg.n_layers), cfg)
+    return {shape: seconds_per_step(cfg, steps) for shape, cfg in shapes.items()}

@@ -1,0 +1,154 @@
+"""The sharing sweep (`gapeval sweep`, issue 23): a sweep file trains and measures its models, a rerun reads
+everything back, a changed file or a foreign run folder is refused, and the statistics behind its findings
+can fail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from tests_support import TINY_SWEEP as TINY
+from tests_support import tiny_sweep
+
+from experiments.sharing import analysis
+from experiments.sharing.config import load_sweep
+from experiments.sharing.sweep import estimate_cpu_hours, run_sweep
+from gapeval.cli import main
+from gapeval.models.toy.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    out = folder / "out"
+    assert main(["sweep", str(tiny_sweep(folder)), "--quick", "--out", str(out), "--no-progress"]) == 0
+    return folder, out
+
+
+def test_a_sweep_trains_measures_and_reports_every_model(sweep):
+    _, out = sweep
+    models = [json.loads(line) for line in (out / "sharing.jsonl").read_text().splitlines()]
+    assert [m["model"] for m in models] == ["default-seed0", "pair-seed0"]
+    assert {m["train"]["variant"] for m in models} == {"shared", "pair"}
+    assert all(m["emergence"] and m["emergence"][-1]["step"] == 12 for m in models)  # logged in training
+    conditions = {
+        c["condition"]: c for c in map(json.loads, (out / "conditions.jsonl").read_text().splitlines())
+    }
+    assert "vs_baseline" in conditions["default"] and "vs_baseline" not in conditions["pair"]
+    assert conditions["default"]["text_gen"]["n"] == 24  # every text-only realm of the 48, seed 0
+    decisions = [json.loads(line) for line in (out / "propagation.jsonl").read_text().splitlines()]
+    assert {(d["condition"], d["kind"], d["via"]) for d in decisions} == {
+        (c, k, v)
+        for c in ("default", "pair")
+        for k, v in (("edit", "und"), ("edit", "gen"), ("control", "und"))
+    }
+    report = (out / "report.md").read_text()
+    assert "Direct transfer" in report and "](sharing.png)" in report
+    assert (out / "sharing.png").stat().st_size > 0
+
+
+def test_a_rerun_reads_everything_back(sweep):
+    folder, out = sweep
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "units").rglob("*.json")}
+    trained = (out / "training.jsonl").read_text()
+    before = (out / "conditions.jsonl").read_text()
+    run_sweep(load_sweep(folder / "sweep.yaml", quick=True), out, progress=False)
+    assert (out / "training.jsonl").read_text() == trained  # nothing trained again
+    assert {
+        p: p.stat().st_mtime_ns for p in (out / "units").rglob("*.json")
+    } == stamps  # nothing measured again
+    assert (out / "conditions.jsonl").read_text() == before
+
+
+def test_a_folder_of_another_sweep_is_refused(sweep, tmp_path):
+    _, out = sweep
+    other = load_sweep(tiny_sweep(tmp_path, seeds=[1]), quick=True)
+    with pytest.raises(ValueError, match="another configuration"):
+        run_sweep(other, out, progress=False)
+
+
+def test_a_run_of_other_settings_is_not_resumed(tmp_path):
+    config = load_sweep(tiny_sweep(tmp_path), quick=True)
+    out = tmp_path / "out"
+    foreign = TrainConfig().updated({**TINY["train"], "steps": 8, "eval_every": 0})
+    train(foreign, out / "default-seed0", progress=False)  # leaves a resume state at step 8 of another run
+    with pytest.raises(ValueError, match="other settings.*steps"):
+        run_sweep(config, out, train_only=True, only=["default-seed0"], progress=False)
+
+
+def test_sweep_file_errors_name_the_file_and_the_key(tmp_path):
+    path = tiny_sweep(tmp_path, conditions={"wide": {"d_modle": 32}, "pair": {"variant": "pair"}})
+    with pytest.raises(
+        ValueError, match=r"sweep.yaml: quick.conditions.wide: unknown training settings \['d_modle'\]"
+    ):
+        load_sweep(path, quick=True)
+    path.write_text(yaml.safe_dump({"quick": {k: v for k, v in TINY.items() if k != "seeds"}}))
+    with pytest.raises(ValueError, match="missing key quick.seeds"):
+        load_sweep(path, quick=True)
+    assert main(["sweep", str(path), "--quick"]) == 2
+
+
+def test_the_shipped_sweep_file_loads_and_its_cost_is_estimated():
+    config = load_sweep()
+    names = [m.name for m in config.models()]
+    assert len(names) == len(set(names)) and "pair-seed1" in names
+    assert all(len([m for m in config.models() if m.condition == c]) >= 2 for c in config.conditions)
+    per_step = {(64, 2): 0.1, (128, 4): 1.0}
+    hours = estimate_cpu_hours(config, per_step)
+    steps = sum(
+        m.train["steps"] * (2 if m.train.get("variant") == "pair" else 1) for m in config.models() if m.train
+    )
+    assert hours == pytest.approx(steps * 0.1 / 3600)  # references cost nothing; the pair is two models
+
+
+def test_permutation_test_tells_a_real_difference_from_none():
+    high = {f"r{i}": [1.0, 1.0] for i in range(10)} | {f"s{i}": [0.0, 0.0] for i in range(2)}
+    low = {f"r{i}": [0.0, 0.0] for i in range(12)}
+    assert analysis.permutation_greater(high, low, seed=0) < 0.001
+    assert analysis.permutation_greater(low, high, seed=0) == 1.0
+    assert analysis.permutation_greater(low, dict(low), seed=0) == 1.0
+
+
+def _knowledge(seed: int, gen: bool) -> tuple[int, list[dict]]:
+    rows = [
+        {"realm": f"R{k}", "pictured": False, "und": True, "gen": gen and k < 8, "bridged": True}
+        for k in range(10)
+    ]
+    return seed, rows + [{"realm": "P", "pictured": True, "und": True, "gen": True, "bridged": True}]
+
+
+def test_transfer_is_compared_with_the_baseline_and_holm_corrected():
+    rows = analysis.transfer_table(
+        {"pair": [_knowledge(0, False), _knowledge(1, False)],
+         "strong": [_knowledge(0, True), _knowledge(1, True)],
+         "none": [_knowledge(0, False), _knowledge(1, False)]},
+        "pair", seed=0,
+    )  # fmt: skip
+    by = {r["condition"]: r for r in rows}
+    assert by["strong"]["text_gen"]["mean"] == pytest.approx(0.8) and by["strong"]["text_gen"]["n"] == 20
+    assert by["strong"]["vs_baseline"]["detected"] and not by["none"]["vs_baseline"]["detected"]
+    assert by["strong"]["vs_baseline"]["p_holm"] == pytest.approx(2 * by["strong"]["vs_baseline"]["p"])
+    assert by["pair"]["pictured_gen"]["mean"] == 1.0
+
+
+def _edit_records(moved: int) -> dict:
+    records = []
+    for e in range(4):
+        for condition in ("baseline", "und"):
+            new = condition == "und" and e < moved
+            records += [
+                {"condition": condition, "role": "target", "direction": d, "edit": f"edit-{e}", "item": f"edit-{e}/t",
+                 "correct": new if d == "gen" else condition == "und", "logp_new": None, "logp_old": None}
+                for d in ("und", "gen")
+            ]  # fmt: skip
+    return {"edit": {"records": records}}
+
+
+def test_propagation_pools_training_seeds_with_each_edit_paired_to_its_own_baseline():
+    cases = analysis.propagation_table({"c": [(0, _edit_records(4)), (1, _edit_records(4))]})
+    (case,) = cases
+    assert case["edits"] == 8 and case["up"] == 8 and case["down"] == 0  # same edit ids, kept apart by seed
+    assert case["p"] == pytest.approx(0.5**8) and case["detected"]
+    (none,) = analysis.propagation_table({"c": [(0, _edit_records(0)), (1, _edit_records(0))]})
+    assert none["up"] == 0 and none["p"] == 1.0 and not none["detected"]
