@@ -157,6 +157,7 @@ def test_emergence_names_the_training_seeds_that_are_not_shipped(tmp_path):
     config.models = ["toy"]
     text = run_study(config, tmp_path, sections=["emergence"], argv=[]).read_text()
     assert "`toy`: training seed(s) 7 not shipped" in text
+    assert not list((tmp_path / "emergence" / "spot").glob("*.json"))  # spot_checks 0: none
 
 
 def test_study_is_registered_and_help_stays_light():

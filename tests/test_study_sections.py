@@ -35,7 +35,10 @@ def study(tmp_path_factory):
     data = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
     data["suite"] = "synth:40"
     folder = tmp_path_factory.mktemp("config")
-    data["sizes"]["quick"] = {**TINY, "sharing": {"config": str(tiny_sweep(folder))}}
+    data["sizes"]["quick"] = {
+        **TINY,
+        "sharing": {"config": str(tiny_sweep(folder, conditions={"pair": {"variant": "pair"}}))},
+    }
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     config = load_config(path, quick=True, models=["toy"])

@@ -50,7 +50,7 @@ TINY_SWEEP = {
     "references": [],
     "baseline": "pair",
     "measure": {"edits": 2, "inject": 0, "lora_max_steps": 2, "probe_realms": 6, "shuffles": 0,
-                "patch_pairs": 1, "gap_items": 12},
+                "patch_pairs": 1, "gap_items": 12, "bootstrap": 20},
 }  # fmt: skip
 
 

@@ -15,7 +15,16 @@ from typing import Any
 
 DEFAULT_SWEEP = Path(__file__).with_name("sweep.yaml")
 # What each trained model is measured with (see measure.py); a profile must size every one.
-MEASURE_KEYS = ("edits", "inject", "lora_max_steps", "probe_realms", "shuffles", "patch_pairs", "gap_items")
+MEASURE_KEYS = (
+    "edits",
+    "inject",
+    "lora_max_steps",
+    "probe_realms",
+    "shuffles",
+    "patch_pairs",
+    "gap_items",
+    "bootstrap",
+)
 
 
 @dataclass(frozen=True)

@@ -147,13 +147,15 @@ def patching(model: Any, world: World, sizes: dict, seed: int, out: Path) -> dic
     return grid_numbers(model, pairs, out)
 
 
-def gap(model: Any, n_items: int, seed: int) -> dict[str, Any]:
+def gap(model: Any, n_items: int, bootstrap: int, seed: int) -> dict[str, Any]:
     """The default suite (or a stratified ``n_items`` of it) in both directions: accuracies and the Gap Score
-    with its 95 % bootstrap CI."""
+    with its 95 % bootstrap CI (``bootstrap`` resamples)."""
     from gapeval.emergence import eval_items
     from gapeval.summary import summarize
     from interventions.judged import judged
 
-    overall = summarize(judged(model, eval_items(n_items), seed=seed), bootstrap=1000, seed=seed)["overall"]
+    overall = summarize(judged(model, eval_items(n_items), seed=seed), bootstrap=bootstrap, seed=seed)[
+        "overall"
+    ]
     keys = ("n", "und_acc", "gen_acc", "kappa", "gap_reference", "gap_reference_ci")
     return {k: overall[k] for k in keys}

@@ -29,6 +29,7 @@ from experiments.paper_study.records import (
 from experiments.sharing import analysis, measure
 from experiments.sharing.config import SweepConfig, SweepModel
 from experiments.sharing.training import SHIPPED, finished_checkpoint, run_folder, train_config, train_model
+from gapeval.synth.world import all_kinds
 
 SWEEP = "sweep.json"
 TEMPLATE = "Draw: {answer}."  # the built-in UMM's draw-a-described-scene skill (reason-then-draw)
@@ -106,7 +107,7 @@ def measure_model(
         "patching": unit(
             base / "patching.json", measure.patching, loaded, world, sizes, seed, base / "patching"
         ),
-        "gap": unit(base / "gap.json", measure.gap, loaded, sizes["gap_items"], seed),
+        "gap": unit(base / "gap.json", measure.gap, loaded, sizes["gap_items"], sizes["bootstrap"], seed),
     }
 
 
@@ -129,7 +130,8 @@ def run_sweep(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_same_sweep(out, config)
+    if not train_only:  # training runs check their own settings; measurements need the whole sweep's
+        check_same_sweep(out, config)
     models = [m for m in config.models() if only is None or m.name in only]
     if unknown := set(only or ()) - {m.name for m in config.models()}:
         raise ValueError(
@@ -187,6 +189,9 @@ def report(
     knowledge = {c: [(m.seed, s["knowledge"]) for m, s in models] for c, models in measured.items()}
     edits = {c: [(m.seed, s["edits"]) for m, s in models] for c, models in measured.items()}
     transfer = analysis.transfer_table(knowledge, config.baseline, seed) if knowledge else []
+    for row in transfer:  # what drawing the commonest emblem kind of its text-only realms would score
+        world = measure.world_of(measured[row["condition"]][0][0].train)
+        row["majority"] = analysis.majority_rate([r for r in world.realms if not r.pictured])
     decisions = analysis.propagation_table(edits) if edits else []
     write_jsonl(out / "sharing.jsonl", per_model)
     write_jsonl(out / "conditions.jsonl", transfer)
@@ -205,11 +210,14 @@ def _tables(section: Section, config: SweepConfig, transfer: list, decisions: li
     section.table(
         f"Direct transfer: realms whose emblem training never drew, asked as a drawing (gen), in text (und) and "
         f"bridged (ask in text, draw the own answer); gen on pictured realms for scale. 95 % CI over seed × realm; "
-        f"against `{config.baseline}` (the disjoint baseline): difference in gen, one-sided permutation p, Holm",
+        f"chance {num(1 / len(all_kinds()), 3)} (24 emblem kinds), majority = always the commonest kind of the "
+        f"text-only realms; against `{config.baseline}` (the disjoint baseline): difference in gen, one-sided "
+        f"permutation p, Holm",
         markdown_table(
-            ["condition", "seeds", "und (text-only)", "gen (text-only)", "bridged", "gen (pictured)", "Δ gen vs baseline", "p (Holm)"],
+            ["condition", "seeds", "und (text-only)", "gen (text-only)", "majority", "bridged", "gen (pictured)", "Δ gen vs baseline", "p (Holm)"],
             [[r["condition"], ",".join(map(str, r["seeds"])), *(with_ci(r[k]["mean"], r[k]["ci"]) for k in
-              ("text_und", "text_gen", "text_bridged", "pictured_gen")),
+              ("text_und", "text_gen")), num(r["majority"]), *(with_ci(r[k]["mean"], r[k]["ci"]) for k in
+              ("text_bridged", "pictured_gen")),
               num(r["vs_baseline"]["difference"]) if "vs_baseline" in r else "–",
               f"{r['vs_baseline']['p']:.3g} ({r['vs_baseline']['p_holm']:.3g})" if "vs_baseline" in r else "–"]
              for r in transfer],

@@ -192,7 +192,9 @@ def emergence_section(ctx: Context) -> Section:
     checks = []
     for run in runs.values():
         logged = {r["step"]: r for r in curves[run.label]}
-        steps = sorted(s for s in run.checkpoints() if s in logged)[-int(sizes["spot_checks"]) :]
+        logged_steps = sorted(s for s in run.checkpoints() if s in logged)
+        # the last N of them (not ``[-N:]``: with N = 0 that is all of them)
+        steps = logged_steps[max(0, len(logged_steps) - int(sizes["spot_checks"])) :]
         for step in steps:
             checkpoint = run.checkpoints()[step]
             checks.append(
