@@ -96,10 +96,8 @@ def test_the_shipped_sweep_file_loads_and_its_cost_is_estimated():
     assert all(len([m for m in config.models() if m.condition == c]) >= 2 for c in config.conditions)
     per_step = {(64, 2): 0.1, (128, 4): 1.0}
     hours = estimate_cpu_hours(config, per_step)
-    steps = sum(
-        m.train["steps"] * (2 if m.train.get("variant") == "pair" else 1) for m in config.models() if m.train
-    )
-    assert hours == pytest.approx(steps * 0.1 / 3600)  # references cost nothing; the pair is two models
+    steps = sum(m.train["steps"] for m in config.models() if m.train)
+    assert hours == pytest.approx(steps * 0.1 / 3600)  # references cost nothing
 
 
 def test_permutation_test_tells_a_real_difference_from_none():

@@ -49,14 +49,13 @@ def check_same_sweep(out: Path, config: SweepConfig) -> None:
 
 def estimate_cpu_hours(config: SweepConfig, seconds_per_step: dict[tuple[int, int], float]) -> float:
     """The sweep's training cost before it starts: steps × seconds per step of each model's width and depth
-    (measured, e.g. by benchmarks/train_speed.py), summed over models; the pair counts twice."""
+    (:func:`measured_step_seconds`), summed over models. The pair costs what one model does: each example of
+    a batch trains one of its two members."""
     total = 0.0
     for model in config.models():
-        if model.train is None:
-            continue
-        cfg = {"d_model": 128, "n_layers": 4, "variant": "shared", **model.train}
-        per_step = seconds_per_step[(cfg["d_model"], cfg["n_layers"])]
-        total += cfg["steps"] * per_step * (2 if cfg["variant"] == "pair" else 1)
+        if model.train is not None:
+            cfg = {"d_model": 128, "n_layers": 4, **model.train}
+            total += cfg["steps"] * seconds_per_step[(cfg["d_model"], cfg["n_layers"])]
     return total / 3600
 
 
