@@ -27,13 +27,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--train-only", action="store_true", help="train (or resume) and stop before measuring")
     p.add_argument("--estimate", action="store_true", help="print the training CPU-hour estimate and stop")
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy every measured model (final checkpoint, logs, measurements) into gapeval/checkpoints/sweep/",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def handler(args: argparse.Namespace) -> int:
     from experiments.paper_study.study_report import section_markdown
     from experiments.sharing.config import load_sweep
-    from experiments.sharing.sweep import estimate_cpu_hours, measured_step_seconds, run_sweep
+    from experiments.sharing.sweep import estimate_cpu_hours, measured_step_seconds, run_sweep, ship_measured
 
     config = load_sweep(args.config, quick=args.quick)
     if args.estimate:
@@ -52,4 +57,7 @@ def handler(args: argparse.Namespace) -> int:
         path = args.out / "report.md"
         path.write_text("# The sharing sweep\n\n" + "\n".join(section_markdown(1, section)), encoding="utf-8")
         print(f"report: {path}")
+    if args.ship:
+        for target in ship_measured(config, args.out, args.seed):
+            print(f"shipped {target}")
     return 0

@@ -13,7 +13,7 @@ from tests_support import tiny_sweep
 
 from experiments.sharing import analysis
 from experiments.sharing.config import load_sweep
-from experiments.sharing.sweep import estimate_cpu_hours, run_sweep
+from experiments.sharing.sweep import estimate_cpu_hours, run_sweep, ship_measured
 from gapeval.cli import main
 from gapeval.models.toy.train import TrainConfig, train
 
@@ -59,6 +59,23 @@ def test_a_rerun_reads_everything_back(sweep):
         p: p.stat().st_mtime_ns for p in (out / "units").rglob("*.json")
     } == stamps  # nothing measured again
     assert (out / "conditions.jsonl").read_text() == before
+
+
+def test_shipped_models_rebuild_the_tables_without_training_or_measuring(sweep, tmp_path):
+    folder, out = sweep
+    config = load_sweep(folder / "sweep.yaml", quick=True)
+    shipped = tmp_path / "shipped"
+    assert [p.name for p in ship_measured(config, out, 0, shipped)] == ["default-seed0", "pair-seed0"]
+    assert (shipped / "pair-seed0" / "step-000012" / "model.safetensors").exists()
+    fresh = tmp_path / "fresh"
+    run_sweep(config, fresh, progress=False, shipped=shipped)
+    assert not (fresh / "training.jsonl").exists() and not (fresh / "default-seed0").exists()
+    assert not (fresh / "units" / "default-seed0" / "edits").exists()  # adopted, not measured again
+    assert (fresh / "conditions.jsonl").read_text() == (out / "conditions.jsonl").read_text()
+    run_sweep(config, tmp_path / "other-seed", seed=1, progress=False, shipped=shipped, train_only=False)
+    assert (
+        tmp_path / "other-seed" / "units" / "default-seed0" / "edits"
+    ).exists()  # other settings: measured
 
 
 def test_a_folder_of_another_sweep_is_refused(sweep, tmp_path):

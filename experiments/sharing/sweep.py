@@ -11,6 +11,7 @@ model), ``conditions.jsonl`` (one line per condition), ``propagation.jsonl`` (on
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -32,6 +33,8 @@ from experiments.sharing.training import SHIPPED, finished_checkpoint, run_folde
 from gapeval.synth.world import all_kinds
 
 SWEEP = "sweep.json"
+UNITS = ("knowledge", "edits", "probe", "patching", "gap")  # one stored measurement each, per model
+SETTINGS = "measure.json"  # beside shipped units: the measurement settings and seed they were taken with
 TEMPLATE = "Draw: {answer}."  # the built-in UMM's draw-a-described-scene skill (reason-then-draw)
 
 
@@ -86,28 +89,72 @@ def emergence_rows(model: SweepModel, out: Path, shipped: Path) -> list[dict[str
     ]  # fmt: skip
 
 
+def _settings(config: SweepConfig, seed: int) -> dict[str, Any]:
+    return {"measure": config.measure, "seed": seed}
+
+
+def adopt_shipped_units(model: SweepModel, base: Path, config: SweepConfig, seed: int, shipped: Path) -> None:
+    """Copy the model's shipped measurements into ``base`` when they were taken with these settings."""
+    source = shipped / model.name / "units"
+    if not (source / SETTINGS).exists() or json.loads((source / SETTINGS).read_text()) != _settings(
+        config, seed
+    ):
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    for name in UNITS:
+        if (source / f"{name}.json").exists() and not (base / f"{name}.json").exists():
+            shutil.copyfile(source / f"{name}.json", base / f"{name}.json")
+
+
+def ship_model(model: SweepModel, out: Path, config: SweepConfig, seed: int, shipped: Path = SHIPPED) -> Path:
+    """Copy a finished, measured model into ``shipped/<name>/``: its final checkpoint, its train and emergence
+    logs and its measurement units (with the settings they were taken with) — what a rerun needs to rebuild
+    the tables without training or measuring. A reference ships its units only."""
+    target = shipped / model.name
+    if _stored(out, model) is None:
+        raise ValueError(f"{model.name}: not measured in {out}; nothing to ship")
+    if model.train is not None:
+        checkpoint = finished_checkpoint(model, out, out / ".none")
+        if checkpoint is None:
+            raise ValueError(f"{model.name}: no finished checkpoint in {out}")
+        shutil.copytree(checkpoint, target / checkpoint.name, dirs_exist_ok=True)
+        for log in ("train_log.jsonl", "emergence.jsonl"):
+            if (out / model.name / log).exists():
+                shutil.copyfile(out / model.name / log, target / log)
+    (target / "units").mkdir(parents=True, exist_ok=True)
+    for name in UNITS:
+        shutil.copyfile(out / "units" / model.name / f"{name}.json", target / "units" / f"{name}.json")
+    write_json(target / "units" / SETTINGS, _settings(config, seed))
+    return target
+
+
 def measure_model(
-    model: SweepModel, spec: str, out: Path, config: SweepConfig, items: list, seed: int
-) -> dict:
-    """Every measurement of one model, each stored as a unit under ``out/units/<name>/``."""
+    model: SweepModel,
+    spec: str,
+    out: Path,
+    config: SweepConfig,
+    items: list,
+    seed: int,
+    shipped: Path = SHIPPED,
+) -> None:
+    """Every measurement of one model, each stored as a unit under ``out/units/<name>/`` (shipped ones taken
+    with the same settings are adopted, not redone)."""
     from gapeval.models.registry import load_model
 
     sizes, base = config.measure, out / "units" / model.name
+    adopt_shipped_units(model, base, config, seed, shipped)
+    if all((base / f"{name}.json").exists() for name in UNITS):
+        return
     world = measure.world_of(model.train)
     loaded = load_model(spec, items)
-    return {
-        "knowledge": unit(base / "knowledge.json", measure.knowledge, loaded, world, TEMPLATE, seed),
-        "edits": unit(
-            base / "edits.json", measure.edits, spec, loaded, world, items, sizes, seed, base / "edits"
-        ),
-        "probe": unit(
-            base / "probe.json", measure.probe, loaded, len(world.realms), sizes, seed, base / "probe"
-        ),
-        "patching": unit(
-            base / "patching.json", measure.patching, loaded, world, sizes, seed, base / "patching"
-        ),
-        "gap": unit(base / "gap.json", measure.gap, loaded, sizes["gap_items"], sizes["bootstrap"], seed),
-    }
+    for name, compute, *args in (
+        ("knowledge", measure.knowledge, loaded, world, TEMPLATE, seed),
+        ("edits", measure.edits, spec, loaded, world, items, sizes, seed, base / "edits"),
+        ("probe", measure.probe, loaded, len(world.realms), sizes, seed, base / "probe"),
+        ("patching", measure.patching, loaded, world, sizes, seed, base / "patching"),
+        ("gap", measure.gap, loaded, sizes["gap_items"], sizes["bootstrap"], seed),
+    ):
+        unit(base / f"{name}.json", compute, *args)
 
 
 def run_sweep(
@@ -149,16 +196,15 @@ def run_sweep(
     for model in models:
         spec = spec_of(model, out, shipped)
         if spec is not None:
-            measure_model(model, spec, out, config, items, seed)
+            measure_model(model, spec, out, config, items, seed, shipped)
     return report(config, out, seed, shipped, time.perf_counter() - start)
 
 
 def _stored(out: Path, model: SweepModel) -> dict[str, Any] | None:
     base = out / "units" / model.name
-    names = ("knowledge", "edits", "probe", "patching", "gap")
-    if not all((base / f"{n}.json").exists() for n in names):
+    if not all((base / f"{n}.json").exists() for n in UNITS):
         return None
-    return {n: json.loads((base / f"{n}.json").read_text(encoding="utf-8")) for n in names}
+    return {n: json.loads((base / f"{n}.json").read_text(encoding="utf-8")) for n in UNITS}
 
 
 def report(
@@ -342,3 +388,8 @@ def measured_step_seconds(config: SweepConfig, steps: int = 20) -> dict[tuple[in
             cfg = TrainConfig().updated({**model.train, "variant": "shared"})
             shapes.setdefault((cfg.d_model, cfg.n_layers), cfg)
     return {shape: seconds_per_step(cfg, steps) for shape, cfg in shapes.items()}
+
+
+def ship_measured(config: SweepConfig, out: Path, seed: int, shipped: Path = SHIPPED) -> list[Path]:
+    """:func:`ship_model` for every model measured in ``out``."""
+    return [ship_model(m, out, config, seed, shipped) for m in config.models() if _stored(out, m) is not None]
