@@ -72,10 +72,8 @@ def test_shipped_models_rebuild_the_tables_without_training_or_measuring(sweep, 
     assert not (fresh / "training.jsonl").exists() and not (fresh / "default-seed0").exists()
     assert not (fresh / "units" / "default-seed0" / "edits").exists()  # adopted, not measured again
     assert (fresh / "conditions.jsonl").read_text() == (out / "conditions.jsonl").read_text()
-    run_sweep(config, tmp_path / "other-seed", seed=1, progress=False, shipped=shipped, train_only=False)
-    assert (
-        tmp_path / "other-seed" / "units" / "default-seed0" / "edits"
-    ).exists()  # other settings: measured
+    run_sweep(config, tmp_path / "seed1", seed=1, only=["pair-seed0"], progress=False, shipped=shipped)
+    assert (tmp_path / "seed1" / "units" / "pair-seed0" / "edits").exists()  # other settings: measured anew
 
 
 def test_a_folder_of_another_sweep_is_refused(sweep, tmp_path):
