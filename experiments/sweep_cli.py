@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--only",
         nargs="+",
         metavar="MODEL",
-        help="only these models (e.g. default-seed0 pair-seed1): two processes can train two side by side",
+        help="only these models, in this order (e.g. default-seed0 pair-seed1): two processes can train two side by side",
     )
     p.add_argument("--train-only", action="store_true", help="train (or resume) and stop before measuring")
     p.add_argument("--estimate", action="store_true", help="print the training CPU-hour estimate and stop")

@@ -178,8 +178,11 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     if not train_only:  # training runs check their own settings; measurements need the whole sweep's
         check_same_sweep(out, config)
-    models = [m for m in config.models() if only is None or m.name in only]
-    if unknown := set(only or ()) - {m.name for m in config.models()}:
+    by_name = {m.name: m for m in config.models()}
+    models = (
+        list(by_name.values()) if only is None else [by_name[n] for n in only if n in by_name]
+    )  # in that order
+    if unknown := set(only or ()) - set(by_name):
         raise ValueError(
             f"unknown sweep models {sorted(unknown)}; expected some of {[m.name for m in config.models()]}"
         )
