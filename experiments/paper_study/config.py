@@ -37,6 +37,13 @@ class StudyConfig:
         return asdict(self)
 
 
+def require(mapping: Any, key: str, where: str, path: Path) -> Any:
+    """``mapping[key]``, or an error naming the YAML file and the key's full name (``where`` is its prefix)."""
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ValueError(f"{path}: missing key {where}{key}")
+    return mapping[key]
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -52,9 +59,7 @@ def load_config(
     profile = "quick" if quick else "full"
 
     def need(mapping: Any, key: str, where: str) -> Any:
-        if not isinstance(mapping, dict) or key not in mapping:
-            raise ValueError(f"{path}: missing key {where}{key}")
-        return mapping[key]
+        return require(mapping, key, where, path)
 
     sizes = need(need(data, "sizes", ""), profile, "sizes.")
     for section in BUILT_IN:

@@ -76,6 +76,7 @@ def load_sweep(path: str | Path | None = None, *, quick: bool = False) -> SweepC
     naming the file and the key, before anything trains."""
     import yaml
 
+    from experiments.paper_study.config import require
     from gapeval.models.toy.train import TrainConfig
 
     path = Path(path or DEFAULT_SWEEP)
@@ -83,9 +84,7 @@ def load_sweep(path: str | Path | None = None, *, quick: bool = False) -> SweepC
     profile = "quick" if quick else "full"
 
     def need(mapping: Any, key: str, where: str) -> Any:
-        if not isinstance(mapping, dict) or key not in mapping:
-            raise ValueError(f"{path}: missing key {where}{key}")
-        return mapping[key]
+        return require(mapping, key, where, path)
 
     prof = need(data, profile, "")
     measure = need(prof, "measure", f"{profile}.")

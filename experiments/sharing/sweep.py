@@ -340,39 +340,33 @@ def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from experiments.paper_study.bars import ci_bars
+
     conditions = [r["condition"] for r in transfer]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(conditions) * 2), 3.8))
-    for k, (key, label, colour) in enumerate(
-        (
-            ("text_gen", "gen", "#f08c00"),
-            ("text_bridged", "bridged gen", "#2b8a3e"),
-            ("text_und", "und", "#1c7ed6"),
-        )
-    ):
-        for x, r in enumerate(transfer):
-            est, mean = r[key], r[key]["mean"] or 0.0
-            err = [[mean - est["ci"][0]], [est["ci"][1] - mean]] if est["ci"] else None
-            left.bar(
-                x + (k - 1) * 0.27,
-                mean,
-                0.27,
-                color=colour,
-                yerr=err,
-                capsize=2,
-                label=label if x == 0 else None,
-            )
+    series = (
+        ("text_gen", "gen", "#f08c00"),
+        ("text_bridged", "bridged gen", "#2b8a3e"),
+        ("text_und", "und", "#1c7ed6"),
+    )
+    ci_bars(left, transfer, series)
     left.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
     left.set(ylim=(0, 1.15), ylabel="accuracy, text-only realms", title="direct transfer vs bridged")
     left.legend(fontsize=7, ncol=3, loc="upper center")
-    edit = [r for r in decisions if r["kind"] == "edit"]
-    for k, (via, colour) in enumerate((("und", "#1c7ed6"), ("gen", "#f08c00"))):
-        for x, c in enumerate(conditions):
-            hit = [r for r in edit if r["condition"] == c and r["via"] == via]
-            if hit and hit[0]["rate"] is not None:
-                r = hit[0]
-                err = [[r["rate"] - r["ci"][0]], [r["ci"][1] - r["rate"]]] if r["ci"] else None
-                right.bar(x + (k - 0.5) * 0.4, r["rate"], 0.4, color=colour, yerr=err, capsize=2,
-                          label=f"trained {via} → judged {r['to']}" if x == 0 else None)  # fmt: skip
+    rates = [
+        {
+            r["via"]: {"mean": r["rate"], "ci": r["ci"]}
+            for r in decisions
+            if r["kind"] == "edit" and r["condition"] == c
+        }
+        for c in conditions
+    ]
+    ci_bars(
+        right,
+        rates,
+        (("und", "trained und → judged gen", "#1c7ed6"), ("gen", "trained gen → judged und", "#f08c00")),
+        0.4,
+    )
     right.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
     right.set(ylim=(0, 1.15), ylabel="new value in the other direction", title="edit propagation (LoRA)")
     right.legend(fontsize=7, loc="upper center")

@@ -83,22 +83,11 @@ def plot(rows: Sequence[tuple[str, str, dict[str, Any]]], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from experiments.paper_study.bars import ci_bars
+
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 3.6))
     keys = (("und", "und", "#1c7ed6"), ("gen", "gen", "#f08c00"), ("bridged", "bridged gen", "#2b8a3e"))
-    for k, (key, label, colour) in enumerate(keys):
-        for x, (_, _, r) in enumerate(rows):
-            est = r[key]
-            mean = est["mean"] or 0.0
-            err = [[mean - est["ci"][0]], [est["ci"][1] - mean]] if est["ci"] else None
-            ax.bar(
-                x + (k - 1) * 0.27,
-                mean,
-                0.27,
-                color=colour,
-                yerr=err,
-                capsize=2,
-                label=label if x == 0 else None,
-            )
+    ci_bars(ax, [r for _, _, r in rows], keys)
     ax.set_xticks(range(len(rows)), [f"{m}\n{part}" for m, part, _ in rows], fontsize=7)
     ax.set(ylim=(0, 1.25), ylabel="accuracy", title="reason-then-draw: plain vs bridged generation")
     ax.legend(fontsize=7, ncol=3, loc="upper center")
