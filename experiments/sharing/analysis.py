@@ -117,13 +117,19 @@ def probe_peak(probe: dict[str, Any]) -> dict[str, Any]:
 
 
 def patch_peak(patching: dict[str, Any]) -> dict[str, Any]:
-    """Per direction: the residual row where restoring the subject's name restores the most of the answer."""
+    """Per direction, where restoring the clean run restores the answer: the residual row where the last
+    prompt token carries the most (``end``), and the row above the embeddings where the subject's own tokens do
+    (``span``; entering layer 0 is the embedding itself, which always carries the name)."""
     if "skipped" in patching:
         return {"skipped": patching["skipped"]}
     out = {}
     for d, profile in (patching.get("profile") or {}).items():
-        span = (profile or {}).get("span") or []
-        if span:
-            k = int(np.nanargmax(np.array(span, dtype=float)))
-            out[d] = {"row": patching["rows"][k], "restored": span[k]}
+        found = {}
+        for where, skip in (("end", 0), ("span", 1)):
+            values = np.array((profile or {}).get(where) or [], dtype=float)[skip:]
+            if len(values) and not np.all(np.isnan(values)):
+                k = int(np.nanargmax(values))
+                found[where] = {"row": patching["rows"][k + skip], "restored": float(values[k])}
+        if found:
+            out[d] = found
     return out

@@ -286,9 +286,10 @@ def _tables(section: Section, config: SweepConfig, transfer: list, decisions: li
         )  # fmt: skip
     section.table(
         "Per model: und on text-only realms (did it learn its facts), probe transfer und→gen at und's best "
-        "layer (chance / majority beside it), where patching the name restores the most, Gap Score [95 % CI]",
+        "layer (chance / majority beside it), where the last prompt token carries the answer most (patching: the "
+        "share of the clean-vs-corrupt answer gap restored from the clean run), Gap Score [95 % CI]",
         markdown_table(
-            ["model", "und facts", "probe und / gen", "und→gen", "chance / majority", "patching und", "patching gen", "Gap"],
+            ["model", "und facts", "probe und / gen", "und→gen", "chance / majority", "last token carries (und)", "last token carries (gen)", "Gap"],
             [[r["model"], num(r["text_und"]), f"{num(r['probe']['und']['mean'])} / {num(r['probe']['gen']['mean'])}",
               with_ci(r["probe"]["und_to_gen"]["mean"], r["probe"]["und_to_gen"]["ci"]),
               f"{num(r['probe']['chance'])} / {num(r['probe']['majority'])}",
@@ -299,7 +300,7 @@ def _tables(section: Section, config: SweepConfig, transfer: list, decisions: li
 
 
 def _where(peak: dict[str, Any], direction: str) -> str:
-    entry = peak.get(direction)
+    entry = peak.get(direction, {}).get("end")
     return "–" if not entry else f"{entry['row']} ({num(entry['restored'])})"
 
 
