@@ -216,13 +216,16 @@ def report(
     """The section from the units stored in ``out`` (models not measured yet are listed as such)."""
     section = Section("sharing", "What makes knowledge shared: the training sweep")
     measured: dict[str, list[tuple[SweepModel, dict]]] = {}
+    missing = []
     for model in config.models():
         stored = _stored(out, model)
         if stored is None:
-            section.skipped.append(f"`{model.name}`: not trained or not measured yet")
+            missing.append(f"`{model.name}`")
             continue
         key = model.condition if model.spec is None else model.spec.split("@")[0]
         measured.setdefault(key, []).append((model, stored))
+    if missing:
+        section.skipped.append(f"not trained or not measured yet in `{out}`: {', '.join(missing)}")
     per_model = [
         {"model": m.name, "condition": c, "seed": m.seed, "spec": m.spec,
          "train": asdict(train_config(m)) if m.train is not None else None,
