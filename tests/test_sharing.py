@@ -165,3 +165,19 @@ def test_propagation_pools_training_seeds_with_each_edit_paired_to_its_own_basel
     assert case["p"] == pytest.approx(0.5**8) and case["detected"]
     (none,) = analysis.propagation_table({"c": [(0, _edit_records(0)), (1, _edit_records(0))]})
     assert none["up"] == 0 and none["p"] == 1.0 and not none["detected"]
+
+
+def test_shipped_checkpoints_fit_the_size_limit_in_fp16():
+    """Everything under gapeval/checkpoints (the default models and the sweep's) stays within 40 MB, and every
+    shipped weight file is half precision."""
+    from safetensors import safe_open
+
+    from experiments.sharing.training import SHIPPED
+
+    root = SHIPPED.parent
+    assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) <= 40_000_000
+    weights = list(root.rglob("model.safetensors"))
+    assert weights
+    for path in weights:
+        with safe_open(str(path), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, path
