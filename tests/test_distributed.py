@@ -117,6 +117,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes that each import torch and accelerate: ~19 s; run with GAPEVAL_SLOW=1
 def test_accelerate_launch_two_cpu_processes(reference, tmp_path):
     out = tmp_path / "launched"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]

@@ -43,10 +43,10 @@ class SavedFigures:
 
 TINY_SWEEP = {
     "train": {"d_model": 16, "n_layers": 1, "n_heads": 2, "steps": 12, "batch_size": 4, "warmup": 2,
-              "codec_images": 100, "save_at": [1.0], "log_every": 4, "eval_every": 12, "eval_items": 12,
+              "codec_images": 100, "save_at": [1.0], "log_every": 4, "eval_every": 0, "eval_items": 12,
               "resume_every": 4},
     "seeds": [0],
-    "conditions": {"default": {}, "pair": {"variant": "pair"}},
+    "conditions": {"default": {"eval_every": 12}, "pair": {"variant": "pair"}},  # one emergence log (~2 s each)
     "references": [],
     "baseline": "pair",
     "measure": {"edits": 2, "inject": 0, "lora_max_steps": 2, "probe_realms": 6, "shuffles": 0,
