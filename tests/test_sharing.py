@@ -184,3 +184,15 @@ def test_shipped_checkpoints_fit_the_size_limit_in_fp16():
     for path in weights:
         with safe_open(str(path), "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, path
+
+
+def test_the_quick_study_reports_the_shipped_sweep_without_training(tmp_path):
+    from experiments.paper_study.config import load_config
+    from experiments.paper_study.study import run_study
+    from experiments.sharing.training import SHIPPED
+
+    shipped = sorted(p.name for p in SHIPPED.iterdir() if p.is_dir())
+    run_study(load_config(quick=True), tmp_path, sections=["sharing"], argv=[])
+    rows = [json.loads(line) for line in (tmp_path / "sharing" / "sharing.jsonl").read_text().splitlines()]
+    assert sorted(r["model"] for r in rows) == shipped and shipped
+    assert not [p for p in (tmp_path / "sharing").iterdir() if p.name in shipped]  # nothing trained here

@@ -18,19 +18,28 @@ from experiments.sweep_cli import add_arguments as sweep_arguments
 
 
 def sharing_section(ctx: Context) -> Section:
+    """The sweep file's profile of this study (``sizes.sharing.profile`` may name the other one); with
+    ``shipped_only``, only the models whose checkpoints and measurements ship are reported — the real sweep's
+    numbers in seconds, without training anything."""
     from experiments.sharing.config import load_sweep
     from experiments.sharing.sweep import run_sweep
+    from experiments.sharing.training import SHIPPED
 
     sizes = ctx.config.sizes["sharing"]
-    config = load_sweep(sizes.get("config"), quick=ctx.config.profile == "quick")
+    config = load_sweep(sizes.get("config"), quick=sizes.get("profile", ctx.config.profile) == "quick")
+    only = (
+        [m.name for m in config.models() if (SHIPPED / m.name).is_dir()]
+        if sizes.get("shipped_only")
+        else None
+    )
     folder = ctx.folder("sharing")
-    section = run_sweep(config, folder, seed=ctx.config.seed, progress=False)
+    section = run_sweep(config, folder, seed=ctx.config.seed, only=only, progress=False)
     section.records = [f"sharing/{r}" for r in section.records]
     section.figures = [{**f, "path": f"sharing/{f['path']}"} for f in section.figures]
     section.commands.append(
         ctx.command(
             "sweep", sweep_arguments, *([Path(sizes["config"])] if sizes.get("config") else []),
-            quick=config.profile == "quick", seed=ctx.config.seed, out=folder,
+            quick=config.profile == "quick", seed=ctx.config.seed, only=only, out=folder,
         )
     )  # fmt: skip
     return section
