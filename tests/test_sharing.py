@@ -196,3 +196,19 @@ def test_the_quick_study_reports_the_shipped_sweep_without_training(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "sharing" / "sharing.jsonl").read_text().splitlines()]
     assert sorted(r["model"] for r in rows) == shipped and shipped
     assert not [p for p in (tmp_path / "sharing").iterdir() if p.name in shipped]  # nothing trained here
+
+
+def test_specificity_tells_a_realm_specific_drawing_from_a_generic_one():
+    emblems = {f"R{k}": ("circle", f"c{k}") for k in range(12)}
+
+    def rows(own: bool) -> list[dict]:
+        return [
+            {"realm": r, "pictured": False, "drawn": [list(e if own else emblems["R0"])]}
+            for r, e in emblems.items()
+        ]
+
+    specific = analysis.specificity([(0, rows(True))], emblems, seed=0)
+    assert specific["own"]["mean"] == 1.0 and specific["other"]["mean"] == 0.0 and specific["p"] < 0.001
+    generic = analysis.specificity([(0, rows(False))], emblems, seed=0)  # always draws R0's emblem
+    assert generic["own"]["mean"] == pytest.approx(1 / 12) and generic["p"] > 0.05
+    assert analysis.specificity([(0, [{"realm": "R1", "pictured": False}])], emblems, seed=0) is None

@@ -133,3 +133,35 @@ def patch_peak(patching: dict[str, Any]) -> dict[str, Any]:
         if found:
             out[d] = found
     return out
+
+
+def specificity(
+    rows_by_seed: Sequence[tuple[int, list[dict]]],
+    emblems: dict[str, tuple[str, str]],
+    seed: int,
+    draws: int = 10000,
+) -> dict[str, Any] | None:
+    """Is a drawing of a text-only realm's emblem about *that* realm? Per (seed, realm): the share of its drawings
+    showing its own emblem kind, against the mean share showing another text-only realm's (a shuffled pairing:
+    what a drawing prior that ignores the realm would score). A one-sided sign-flip test on the per-realm
+    differences. None when the rows hold no drawn kinds (measured before they were stored)."""
+    own: dict[str, list[float]] = {}
+    other: dict[str, list[float]] = {}
+    for s, rows in rows_by_seed:
+        text = [r for r in rows if r["pictured"] is False]
+        if any("drawn" not in r for r in text):
+            return None
+        names = sorted({r["realm"] for r in text})
+        for r in text:
+            drawn = {tuple(k) for k in r["drawn"] or []}
+            key = f"{s}/{r['realm']}"
+            own.setdefault(key, []).append(float(emblems[r["realm"]] in drawn))
+            others = [float(emblems[n] in drawn) for n in names if n != r["realm"]]
+            other.setdefault(key, []).append(float(np.mean(others)) if others else 0.0)
+    diffs = np.array([np.mean(own[k]) - np.mean(other[k]) for k in own])
+    if not len(diffs):
+        return None
+    rng = np.random.default_rng(seed)
+    flipped = (rng.choice([-1.0, 1.0], size=(draws, len(diffs))) * diffs).mean(1)
+    p = float((1 + np.sum(flipped >= diffs.mean() - 1e-12)) / (1 + draws))
+    return {"own": estimate(own, seed=seed), "other": estimate(other, seed=seed), "p": p}

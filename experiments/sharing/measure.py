@@ -54,11 +54,11 @@ def knowledge_items(world: World) -> list[Any]:
 
 
 def knowledge(model: Any, world: World, template: str, seed: int) -> list[dict[str, Any]]:
-    """Per item: realm, pictured in training, und / gen / bridged verdicts."""
+    """Per item: realm, pictured in training, und / gen / bridged verdicts, and the kinds the drawing shows."""
     from experiments.paper_study.sections.reason_then_draw import ask
 
-    keys = ("item", "realm", "pictured", "und", "gen", "bridged")
-    return [{k: r[k] for k in keys} for r in ask(model, knowledge_items(world), template, seed)]
+    keys = ("item", "realm", "pictured", "und", "gen", "bridged", "drawn")
+    return [{k: r[k] for k in keys} for r in ask(model, knowledge_items(world), template, seed, drawn=True)]
 
 
 def _edit_run(

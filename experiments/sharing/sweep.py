@@ -89,15 +89,16 @@ def emergence_rows(model: SweepModel, out: Path, shipped: Path) -> list[dict[str
     ]  # fmt: skip
 
 
-def _settings(config: SweepConfig, seed: int) -> dict[str, Any]:
-    return {"measure": config.measure, "seed": seed}
+def _settings(model: SweepModel, config: SweepConfig, seed: int) -> dict[str, Any]:
+    """What a model's measurements depend on: its training settings (or reference spec), the sizes, the seed."""
+    return {"train": model.train, "spec": model.spec, "measure": config.measure, "seed": seed}
 
 
 def adopt_shipped_units(model: SweepModel, base: Path, config: SweepConfig, seed: int, shipped: Path) -> None:
     """Copy the model's shipped measurements into ``base`` when they were taken with these settings."""
     source = shipped / model.name / "units"
     if not (source / SETTINGS).exists() or json.loads((source / SETTINGS).read_text()) != _settings(
-        config, seed
+        model, config, seed
     ):
         return
     base.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ def ship_model(model: SweepModel, out: Path, config: SweepConfig, seed: int, shi
     (target / "units").mkdir(parents=True, exist_ok=True)
     for name in UNITS:
         shutil.copyfile(out / "units" / model.name / f"{name}.json", target / "units" / f"{name}.json")
-    write_json(target / "units" / SETTINGS, _settings(config, seed))
+    write_json(target / "units" / SETTINGS, _settings(model, config, seed))
     return target
 
 
@@ -240,9 +241,11 @@ def report(
     knowledge = {c: [(m.seed, s["knowledge"]) for m, s in models] for c, models in measured.items()}
     edits = {c: [(m.seed, s["edits"]) for m, s in models] for c, models in measured.items()}
     transfer = analysis.transfer_table(knowledge, config.baseline, seed) if knowledge else []
-    for row in transfer:  # what drawing the commonest emblem kind of its text-only realms would score
+    for row in transfer:  # what drawing the commonest emblem kind, or another realm's emblem, would score
         world = measure.world_of(measured[row["condition"]][0][0].train)
         row["majority"] = analysis.majority_rate([r for r in world.realms if not r.pictured])
+        emblems = {r.name: (r.emblem.shape, r.emblem.colour) for r in world.realms}
+        row["specificity"] = analysis.specificity(knowledge[row["condition"]], emblems, seed)
     decisions = analysis.propagation_table(edits) if edits else []
     write_jsonl(out / "sharing.jsonl", per_model)
     write_jsonl(out / "conditions.jsonl", transfer)
@@ -262,13 +265,14 @@ def _tables(section: Section, config: SweepConfig, transfer: list, decisions: li
         f"Direct transfer: realms whose emblem training never drew, asked as a drawing (gen), in text (und) and "
         f"bridged (ask in text, draw the own answer); gen on pictured realms for scale. 95 % CI over seed × realm; "
         f"chance {num(1 / len(all_kinds()), 3)} (24 emblem kinds), majority = always the commonest kind of the "
-        f"text-only realms; against `{config.baseline}` (the disjoint baseline): difference in gen, one-sided "
-        f"permutation p, Holm",
+        f"text-only realms; own / other = drawings showing the realm's own emblem kind / another text-only "
+        f"realm's (a shuffled pairing; sign-flip p that own exceeds other); against `{config.baseline}` (the "
+        f"disjoint baseline): difference in gen, one-sided permutation p, Holm",
         markdown_table(
-            ["condition", "seeds", "und (text-only)", "gen (text-only)", "majority", "bridged", "gen (pictured)", "Δ gen vs baseline", "p (Holm)"],
+            ["condition", "seeds", "und (text-only)", "gen (text-only)", "majority", "own / other (p)", "bridged", "gen (pictured)", "Δ gen vs baseline", "p (Holm)"],
             [[r["condition"], ",".join(map(str, r["seeds"])), *(with_ci(r[k]["mean"], r[k]["ci"]) for k in
-              ("text_und", "text_gen")), num(r["majority"]), *(with_ci(r[k]["mean"], r[k]["ci"]) for k in
-              ("text_bridged", "pictured_gen")),
+              ("text_und", "text_gen")), num(r["majority"]), _own_other(r.get("specificity")),
+              *(with_ci(r[k]["mean"], r[k]["ci"]) for k in ("text_bridged", "pictured_gen")),
               num(r["vs_baseline"]["difference"]) if "vs_baseline" in r else "–",
               f"{r['vs_baseline']['p']:.3g} ({r['vs_baseline']['p_holm']:.3g})" if "vs_baseline" in r else "–"]
              for r in transfer],
@@ -300,6 +304,12 @@ def _tables(section: Section, config: SweepConfig, transfer: list, decisions: li
               with_ci(r["gap"]["gap_reference"], r["gap"]["gap_reference_ci"])] for r in per_model],
         ),
     )  # fmt: skip
+
+
+def _own_other(spec: dict[str, Any] | None) -> str:
+    if not spec:
+        return "–"
+    return f"{num(spec['own']['mean'])} / {num(spec['other']['mean'], 3)} ({spec['p']:.3g})"
 
 
 def _where(peak: dict[str, Any], direction: str) -> str:

@@ -34,8 +34,10 @@ def finished_checkpoint(model: SweepModel, out: Path, shipped: Path = SHIPPED) -
 
 
 def run_folder(model: SweepModel, out: Path, shipped: Path = SHIPPED) -> Path:
-    """The folder holding the model's logs: the shipped copy when there is one, else its run in ``out``."""
-    return shipped / model.name if (shipped / model.name).is_dir() else out / model.name
+    """The folder holding the model's logs: the one its finished checkpoint is in (shipped or trained in
+    ``out``; a shipped model of another sweep with the same name has another final step), else ``out``."""
+    checkpoint = finished_checkpoint(model, out, shipped)
+    return checkpoint.parent if checkpoint is not None else out / model.name
 
 
 def train_model(model: SweepModel, out: Path, *, progress: bool = True, shipped: Path = SHIPPED) -> dict:

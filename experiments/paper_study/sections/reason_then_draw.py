@@ -19,12 +19,16 @@ from experiments.paper_study.study import Context
 SPLITS = {True: "pictured in training", False: "text only"}
 
 
-def ask(model: Any, items: Sequence[Any], template: str, seed: int) -> list[dict[str, Any]]:
-    """Per item: und and gen verdicts asked plainly, and the verdict of the bridged drawing."""
+def ask(
+    model: Any, items: Sequence[Any], template: str, seed: int, drawn: bool = False
+) -> list[dict[str, Any]]:
+    """Per item: und and gen verdicts asked plainly, and the verdict of the bridged drawing; with ``drawn``,
+    also the (shape, colour) kinds the plain drawing shows, as the pixel reader parses them."""
     from gapeval.models.bridge import ReasonThenDraw
+    from gapeval.synth.world import parse_scene
     from interventions.judged import judged
 
-    plain = judged(model, items, seed=seed)
+    plain = judged(model, items, seed=seed, keep_images=drawn)
     bridge = ReasonThenDraw.for_items(model, items, template)
     bridged = judged(bridge, items, directions=("gen",), seed=seed)
     return [
@@ -38,9 +42,14 @@ def ask(model: Any, items: Sequence[Any], template: str, seed: int) -> list[dict
             "bridged": b["gen"]["correct"],
             "answer": p["und"]["output"],
             "prompt": bridge.transcript.get(item.id, {}).get("prompt"),
+            **({"drawn": _kinds(p["gen"]["output"], parse_scene)} if drawn else {}),
         }
         for item, p, b in zip(items, plain, bridged, strict=True)
     ]
+
+
+def _kinds(image: Any, parse: Any) -> list[list[str]] | None:
+    return None if image is None else [list(k) for k in parse(image).scene.kinds()]
 
 
 def ask_edited(
