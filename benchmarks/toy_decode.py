@@ -12,22 +12,11 @@ import argparse
 import time
 
 import torch
+from flops import peak_flops
 
 from gapeval.models.base import Request
 from gapeval.models.toy import load_toy
 from gapeval.synth import build_suite
-
-
-def matmul_peak(threads: int, n: int = 1024, repeats: int = 20) -> float:
-    """Best-of fp32 GEMM throughput in FLOP/s."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def decode_flops(adapter, requests: list[Request], direction: str, outputs) -> float:
@@ -59,7 +48,8 @@ def main() -> None:
     print(
         f"model {adapter.name} ({adapter.checkpoint}), {len(items)} items x 2 directions, {args.threads} threads"
     )
-    peak = matmul_peak(args.threads)
+    torch.set_num_threads(args.threads)
+    peak = peak_flops(torch.float32)
     print(f"fp32 matmul peak here: {peak / 1e9:.1f} GFLOP/s")
     for direction in ("und", "gen"):
         reqs = [Request(it.id, it.prompt(direction), it.image) for it in items]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flops import peak_flops
 from torch.utils.flop_counter import FlopCounterMode
 
 from gapeval.models.toy import sequence
@@ -68,18 +69,6 @@ def todays_batches():
 @contextmanager
 def nothing():
     yield
-
-
-def peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
-    """FLOP/s of one large matrix product on this thread (best of ``repeats``)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def step_flops(run: _Run, step: int) -> float:
@@ -136,7 +125,7 @@ def main() -> None:
         for first in range(args.start + 2, args.start + 2 + args.steps, args.block):
             for t in trainers:
                 t.steps_from(first, min(args.block, args.start + 2 + args.steps - first))
-    peak32, peak16 = peak_flops(torch.float32), peak_flops(torch.bfloat16)
+    peak32, peak16 = (peak_flops(dtype, n=2048, repeats=3) for dtype in (torch.float32, torch.bfloat16))
     print(f"toy {args.variant}, shipped recipe, {args.steps} steps from step {args.start}, one thread")
     print(f"one core's peak (2048² matmul): fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
     print(f"FLOPs of a step on its real tokens (packed count): {useful / 1e9:.2f} GFLOP")
