@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,8 @@ def estimate_cpu_hours(config: SweepConfig, seconds_per_step: dict[tuple[int, in
     total = 0.0
     for model in config.models():
         if model.train is not None:
-            cfg = {"d_model": 128, "n_layers": 4, **model.train}
-            total += cfg["steps"] * seconds_per_step[(cfg["d_model"], cfg["n_layers"])]
+            cfg = train_config(model)
+            total += cfg.steps * seconds_per_step[(cfg.d_model, cfg.n_layers)]
     return total / 3600
 
 
@@ -391,12 +391,12 @@ def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> Non
 
 def measured_step_seconds(config: SweepConfig, steps: int = 20) -> dict[tuple[int, int], float]:
     """CPU seconds per training step of every width and depth the sweep trains, timed here and now."""
-    from gapeval.models.toy.train import TrainConfig, seconds_per_step
+    from gapeval.models.toy.train import seconds_per_step
 
     shapes = {}
     for model in config.models():
         if model.train is not None:
-            cfg = TrainConfig().updated({**model.train, "variant": "shared"})
+            cfg = replace(train_config(model), variant="shared")
             shapes.setdefault((cfg.d_model, cfg.n_layers), cfg)
     return {shape: seconds_per_step(cfg, steps) for shape, cfg in shapes.items()}
 
