@@ -31,6 +31,7 @@ from experiments.sharing import analysis, measure
 from experiments.sharing.config import SweepConfig, SweepModel
 from experiments.sharing.training import SHIPPED, finished_checkpoint, run_folder, train_config, train_model
 from gapeval.synth.world import all_kinds
+from interventions.editing.metrics import estimate
 
 SWEEP = "sweep.json"
 UNITS = ("knowledge", "edits", "probe", "patching", "gap")  # one stored measurement each, per model
@@ -230,14 +231,11 @@ def report(
     per_model = [
         {"model": m.name, "condition": c, "seed": m.seed, "spec": m.spec,
          "train": asdict(train_config(m)) if m.train is not None else None,
-         "facts_learned": analysis.realm_scores([(m.seed, s["knowledge"])], "und", False),
+         "text_und": estimate(analysis.realm_scores([(m.seed, s["knowledge"])], "und", False))["mean"],
          "probe": analysis.probe_peak(s["probe"]), "patching": analysis.patch_peak(s["patching"]), "gap": s["gap"],
          "emergence": emergence_rows(m, out, shipped)}
         for c, models in measured.items() for m, s in models
     ]  # fmt: skip
-    for row in per_model:
-        scores = row.pop("facts_learned")
-        row["text_und"] = sum(sum(v) / len(v) for v in scores.values()) / len(scores) if scores else None
     knowledge = {c: [(m.seed, s["knowledge"]) for m, s in models] for c, models in measured.items()}
     edits = {c: [(m.seed, s["edits"]) for m, s in models] for c, models in measured.items()}
     transfer = analysis.transfer_table(knowledge, config.baseline, seed) if knowledge else []
