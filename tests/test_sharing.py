@@ -19,11 +19,9 @@ from gapeval.models.toy.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sweep")
-    out = folder / "out"
-    assert main(["sweep", str(tiny_sweep(folder)), "--quick", "--out", str(out), "--no-progress"]) == 0
-    return folder, out
+def sweep(tiny_sweep_run):
+    """The tiny sweep trained and measured by `gapeval sweep` (conftest's, shared with the study's tests)."""
+    return tiny_sweep_run
 
 
 def test_a_sweep_trains_measures_and_reports_every_model(sweep):
@@ -105,6 +103,20 @@ def test_sweep_file_errors_name_the_file_and_the_key(tmp_path):
     with pytest.raises(ValueError, match="missing key quick.seeds"):
         load_sweep(path, quick=True)
     assert main(["sweep", str(path), "--quick"]) == 2
+    path = tiny_sweep(tmp_path, conditions={"pair": {"variant": "pair", "measure": {"edit": 4}}})
+    with pytest.raises(ValueError, match=r"quick.conditions.pair.measure: unknown sizes \['edit'\]"):
+        load_sweep(path, quick=True)
+
+
+def test_a_condition_overrides_its_own_measurement_sizes_only(tmp_path):
+    path = tiny_sweep(
+        tmp_path, conditions={"default": {}, "pair": {"variant": "pair", "measure": {"edits": 3}}}
+    )
+    config = load_sweep(path, quick=True)
+    sizes = {m.condition: m.measure for m in config.models()}
+    assert sizes["pair"] == {**config.measure, "edits": 3}
+    assert sizes["default"] == config.measure != sizes["pair"]
+    assert all("measure" not in m.train for m in config.models())  # not a training setting
 
 
 def test_the_shipped_sweep_file_loads_and_its_cost_is_estimated():

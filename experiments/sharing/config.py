@@ -9,11 +9,14 @@ resolved profile can be written into the sweep's folder and a rerun can tell whe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_SWEEP = Path(__file__).with_name("sweep.yaml")
+# A condition's own measurement sizes (e.g. more edits where more realms allow them): ``measure: {edits: 48}``
+# beside its training settings.
+MEASURE = "measure"
 # What each trained model is measured with (see measure.py); a profile must size every one.
 MEASURE_KEYS = (
     "edits",
@@ -36,6 +39,9 @@ class SweepModel:
     seed: int
     train: dict[str, Any] | None  # TrainConfig fields (None for a reference)
     spec: str | None = None  # a reference's model spec (toy, toy:decoupled@seed1, ...)
+    measure: dict[str, Any] = field(
+        default_factory=dict
+    )  # the profile's sizes with the condition's overrides
 
 
 @dataclass
@@ -52,14 +58,27 @@ class SweepConfig:
     def models(self) -> list[SweepModel]:
         """Every trained model (conditions in file order, each at every seed), then the references."""
         trained = [
-            SweepModel(f"{name}-seed{seed}", name, seed, {**self.train, **changes, "seed": seed})
+            SweepModel(
+                f"{name}-seed{seed}",
+                name,
+                seed,
+                {**self.train, **_training(changes), "seed": seed},
+                measure={**self.measure, **changes.get(MEASURE, {})},
+            )
             for name, changes in self.conditions.items()
             for seed in self.seeds
         ]
-        return trained + [SweepModel(_slug(s), "reference", _seed_of(s), None, s) for s in self.references]
+        return trained + [
+            SweepModel(_slug(s), "reference", _seed_of(s), None, s, dict(self.measure))
+            for s in self.references
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _training(changes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in changes.items() if k != MEASURE}
 
 
 def _slug(spec: str) -> str:
@@ -102,6 +121,9 @@ def load_sweep(path: str | Path | None = None, *, quick: bool = False) -> SweepC
     )
     if config.baseline not in config.conditions:
         raise ValueError(f"{path}: {profile}.baseline {config.baseline!r} is not one of its conditions")
+    for name, changes in config.conditions.items():
+        if unknown := sorted(set(changes.get(MEASURE, {})) - set(MEASURE_KEYS)):
+            raise ValueError(f"{path}: {profile}.conditions.{name}.measure: unknown sizes {unknown}")
     for model in config.models():
         if model.train is not None:
             try:

@@ -90,16 +90,16 @@ def emergence_rows(model: SweepModel, out: Path, shipped: Path) -> list[dict[str
     ]  # fmt: skip
 
 
-def _settings(model: SweepModel, config: SweepConfig, seed: int) -> dict[str, Any]:
+def _settings(model: SweepModel, seed: int) -> dict[str, Any]:
     """What a model's measurements depend on: its training settings (or reference spec), the sizes, the seed."""
-    return {"train": model.train, "spec": model.spec, "measure": config.measure, "seed": seed}
+    return {"train": model.train, "spec": model.spec, "measure": model.measure, "seed": seed}
 
 
-def adopt_shipped_units(model: SweepModel, base: Path, config: SweepConfig, seed: int, shipped: Path) -> None:
+def adopt_shipped_units(model: SweepModel, base: Path, seed: int, shipped: Path) -> None:
     """Copy the model's shipped measurements into ``base`` when they were taken with these settings."""
     source = shipped / model.name / "units"
     if not (source / SETTINGS).exists() or json.loads((source / SETTINGS).read_text()) != _settings(
-        model, config, seed
+        model, seed
     ):
         return
     base.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def adopt_shipped_units(model: SweepModel, base: Path, config: SweepConfig, seed
             shutil.copyfile(source / f"{name}.json", base / f"{name}.json")
 
 
-def ship_model(model: SweepModel, out: Path, config: SweepConfig, seed: int, shipped: Path = SHIPPED) -> Path:
+def ship_model(model: SweepModel, out: Path, seed: int, shipped: Path = SHIPPED) -> Path:
     """Copy a finished, measured model into ``shipped/<name>/``: its final checkpoint, its train and emergence
     logs and its measurement units (with the settings they were taken with) — what a rerun needs to rebuild
     the tables without training or measuring. A reference ships its units only."""
@@ -126,7 +126,7 @@ def ship_model(model: SweepModel, out: Path, config: SweepConfig, seed: int, shi
     (target / "units").mkdir(parents=True, exist_ok=True)
     for name in UNITS:
         shutil.copyfile(out / "units" / model.name / f"{name}.json", target / "units" / f"{name}.json")
-    write_json(target / "units" / SETTINGS, _settings(model, config, seed))
+    write_json(target / "units" / SETTINGS, _settings(model, seed))
     return target
 
 
@@ -134,7 +134,6 @@ def measure_model(
     model: SweepModel,
     spec: str,
     out: Path,
-    config: SweepConfig,
     items: list,
     seed: int,
     shipped: Path = SHIPPED,
@@ -143,8 +142,8 @@ def measure_model(
     with the same settings are adopted, not redone)."""
     from gapeval.models.registry import load_model
 
-    sizes, base = config.measure, out / "units" / model.name
-    adopt_shipped_units(model, base, config, seed, shipped)
+    sizes, base = model.measure, out / "units" / model.name
+    adopt_shipped_units(model, base, seed, shipped)
     if all((base / f"{name}.json").exists() for name in UNITS):
         return
     world = measure.world_of(model.train)
@@ -201,7 +200,7 @@ def run_sweep(
     for model in models:
         spec = spec_of(model, out, shipped)
         if spec is not None:
-            measure_model(model, spec, out, config, items, seed, shipped)
+            measure_model(model, spec, out, items, seed, shipped)
     return report(config, out, seed, shipped, time.perf_counter() - start)
 
 
@@ -401,4 +400,4 @@ def measured_step_seconds(config: SweepConfig, steps: int = 20) -> dict[tuple[in
 
 def ship_measured(config: SweepConfig, out: Path, seed: int, shipped: Path = SHIPPED) -> list[Path]:
     """:func:`ship_model` for every model measured in ``out``."""
-    return [ship_model(m, out, config, seed, shipped) for m in config.models() if _stored(out, m) is not None]
+    return [ship_model(m, out, seed, shipped) for m in config.models() if _stored(out, m) is not None]
