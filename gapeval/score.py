@@ -4,15 +4,17 @@ The reference procedure (GapEval release) fits a small hierarchical logistic mod
 and turns each category's fitted logit difference into a gap in (0, 1). ``gap_score_reference`` is that
 procedure op for op; ``gap_scores_reference_batched`` runs the same optimisation for many models at once (the
 way ``gapeval score`` and the bootstrap use it); ``gap_score_identified`` measures the difference the reference
-means to measure, on the part of the model the data determine, fitted to convergence.
+means to measure, on the part of the model the data determine, fitted to convergence. The batched fits
+remember their last results (``_memoised``): rows scored again are not fitted again.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ LR, WEIGHT_DECAY, BETAS, ADAM_EPS = 0.05, 1e-4, (0.9, 0.999), 1e-8
 L_RAW_INIT = ((0.1, 0.0), (0.05, 0.1))
 ROW_SUM_TOL = 5e-3
 PAD_ROWS = 7  # models with at most this many rows share one padded batch (see _batches)
+FITS_KEPT = 16  # batched fits remembered (see _memoised)
 
 Rows = np.ndarray | Sequence[Sequence[float]]
 
@@ -100,6 +103,31 @@ def _prepare(model: str, rows: Rows) -> _Prepared:
     marg = torch.tensor(np.stack([p11 + p10, p01 + p00, p11 + p01, p10 + p00], axis=1), dtype=torch.float32)
     f32 = dict(dtype=torch.float32)
     return _Prepared(marg * N_TOTAL, torch.tensor(p11, **f32), torch.tensor(p00, **f32))
+
+
+_FITS: OrderedDict[tuple, dict[str, GapResult]] = OrderedDict()
+
+
+def _memoised(
+    kind: tuple, preps: Mapping[str, _Prepared], fit: Callable[[], dict[str, GapResult]]
+) -> dict[str, GapResult]:
+    """``fit()``, or copies of its results from one of the last ``FITS_KEPT`` fits of the same ``kind`` (the
+    fit and its settings) on bit-identical float32 inputs.
+
+    Why: the fits are deterministic, and a run is often summarised again with the same rows (a resumed or
+    repeated run, ``summarize`` of a finished run, a study's reruns); its bootstrap fits take seconds.
+    """
+    key = (
+        *kind,
+        *((n, *(t.numpy().tobytes() for t in (p.counts, p.p11, p.p00))) for n, p in preps.items()),
+    )
+    if key in _FITS:
+        _FITS.move_to_end(key)
+    else:
+        _FITS[key] = fit()
+        while len(_FITS) > FITS_KEPT:
+            _FITS.popitem(last=False)
+    return {n: replace(r, gaps=list(r.gaps), deltas=list(r.deltas)) for n, r in _FITS[key].items()}
 
 
 def _group_by_rows(preps: Mapping[str, _Prepared]) -> dict[int, list[str]]:
@@ -330,14 +358,18 @@ def gap_scores_reference_batched(models: Mapping[str, Rows], steps: int = 2000) 
     Bit-identical to calling ``gap_score_reference`` on each model (the tests check it), and much faster.
     """
     preps = {name: _prepare(name, rows) for name, rows in models.items()}
-    out: dict[str, GapResult] = {}
-    for names in _batches(preps):
-        counts, rows = _padded([preps[n] for n in names])
-        with one_torch_thread():
-            theta = _fit_reference_batch(counts, rows, steps)
-        for name, th, r in zip(names, theta, rows.tolist(), strict=True):
-            out[name] = _result(th[:r, 0] - th[:r, 1], preps[name])
-    return {name: out[name] for name in models}
+
+    def fit() -> dict[str, GapResult]:
+        out: dict[str, GapResult] = {}
+        for names in _batches(preps):
+            counts, rows = _padded([preps[n] for n in names])
+            with one_torch_thread():
+                theta = _fit_reference_batch(counts, rows, steps)
+            for name, th, r in zip(names, theta, rows.tolist(), strict=True):
+                out[name] = _result(th[:r, 0] - th[:r, 1], preps[name])
+        return {name: out[name] for name in models}
+
+    return _memoised(("reference", steps), preps, fit)
 
 
 # ---------------------------------------------------------------------------------------------- identified
@@ -528,10 +560,16 @@ def gap_scores_identified_batched(
 ) -> dict[str, GapResult]:
     """``gap_score_identified`` for many models at once (grouped by row count), as the bootstrap needs."""
     preps = {name: _prepare(name, rows) for name, rows in models.items()}
-    out: dict[str, GapResult] = {}
-    for names in _group_by_rows(preps).values():
-        with one_torch_thread():
-            phi, converged = _fit_identified_batch(torch.stack([preps[n].counts for n in names]), seed=seed)
-        for name, ph, ok in zip(names, phi, converged.tolist(), strict=True):
-            out[name] = _result(ph[:, 0] - ph[:, 1], preps[name], converged=ok)
-    return {name: out[name] for name in models}
+
+    def fit() -> dict[str, GapResult]:
+        out: dict[str, GapResult] = {}
+        for names in _group_by_rows(preps).values():
+            with one_torch_thread():
+                phi, converged = _fit_identified_batch(
+                    torch.stack([preps[n].counts for n in names]), seed=seed
+                )
+            for name, ph, ok in zip(names, phi, converged.tolist(), strict=True):
+                out[name] = _result(ph[:, 0] - ph[:, 1], preps[name], converged=ok)
+        return {name: out[name] for name in models}
+
+    return _memoised(("identified", seed), preps, fit)

@@ -51,6 +51,13 @@ def clean(suite, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def noisy(suite, tmp_path_factory):
+    """The oracle with und and gen error rates 0.3 and 0.5 on the full synth suite."""
+    model = OracleAdapter(suite, und_error=0.3, gen_error=0.5)
+    return _run(model, suite, tmp_path_factory.mktemp("noisy") / "run", batch_size=64)
+
+
+@pytest.fixture(scope="module")
 def reference(small, tmp_path_factory):
     """An uninterrupted run on the small suite: what every resumed or repeated run must equal."""
     return _run(_small_oracle(small), small, tmp_path_factory.mktemp("reference") / "run", batch_size=4)
@@ -84,12 +91,11 @@ def test_error_free_oracle_scores_one_everywhere(suite, clean):
     assert first["und"]["judge"] == "text-rule-v1" and first["gen"]["judge"] == "synth-pixel-v1"
 
 
-def test_error_rates_give_expected_accuracies_and_a_larger_gap(suite, clean, tmp_path):
-    noisy = _run(OracleAdapter(suite, und_error=0.1, gen_error=0.4), suite, tmp_path / "noisy", batch_size=64)
+def test_error_rates_give_expected_accuracies_and_a_larger_gap(clean, noisy):
     records = load_records(noisy)
     n = len(records)
-    assert abs(_accuracy(records, "und") - 0.9) < 3.5 * math.sqrt(0.09 / n)
-    assert abs(_accuracy(records, "gen") - 0.6) < 3.5 * math.sqrt(0.24 / n)
+    assert abs(_accuracy(records, "und") - 0.7) < 3.5 * math.sqrt(0.21 / n)
+    assert abs(_accuracy(records, "gen") - 0.5) < 3.5 * math.sqrt(0.25 / n)
     gap = json.loads((noisy / "summary.json").read_text())["overall"]["gap_reference"]
     clean_gap = json.loads((clean / "summary.json").read_text())["overall"]["gap_reference"]
     assert gap > clean_gap + 0.1
@@ -298,13 +304,12 @@ def test_judge_selection(small):
     assert judge_for(item, "gen", vlm=BrokenJudge()).id == "synth-pixel-v1"
 
 
-def test_report_chart_shows_the_summary(suite, clean, tmp_path, monkeypatch):
+def test_report_chart_shows_the_summary(noisy, monkeypatch):
     """The chart's bars are the summary's numbers: und and gen accuracy per category, then the joint shares."""
     from tests_support import SavedFigures
 
     from gapeval.report import rows, write_report
 
-    noisy = _run(OracleAdapter(suite, und_error=0.3, gen_error=0.5), suite, tmp_path / "noisy", batch_size=64)
     saved = SavedFigures(monkeypatch)
     write_report(noisy)
     summary = json.loads((noisy / "summary.json").read_text())

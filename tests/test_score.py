@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
+from gapeval import score
 from gapeval.score import (
+    FITS_KEPT,
     L_RAW_INIT,
     _batches,
     _gaps_from_delta,
@@ -116,6 +120,42 @@ def test_batched_gradient_is_autograd_of_reference_loss_bit_for_bit():
         own = torch.cat([grad[i, : 2 * r], grad[i, 2 * w :]])
         assert torch.equal(torch.cat([t.grad.reshape(-1) for t in (theta, beta, mu, l_raw)]), own)
         assert not grad[i, 2 * r : 2 * w].any()
+
+
+@pytest.mark.parametrize(
+    ("fit", "fitter", "other"),
+    [
+        (partial(gap_scores_reference_batched, steps=20), "_fit_reference_batch", {"steps": 19}),
+        (gap_scores_identified_batched, "_fit_identified_batch", {"seed": 0}),
+    ],
+)
+def test_a_repeated_fit_is_remembered_as_a_copy_of_the_fresh_fit(monkeypatch, fit, fitter, other):
+    """The same rows fitted again come from the memo, equal to a fresh fit and safe to modify; other rows or
+    settings are fitted anew, and only the last FITS_KEPT fits are kept."""
+    models = _random_models((1, 4, 9))
+    monkeypatch.setattr(score, "_FITS", OrderedDict())
+    fresh = fit(models)
+    real = getattr(score, fitter)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(score, fitter, refuse)
+    again = fit(models)
+    assert again == fresh and list(again) == list(models)
+    again["r4"].gaps[0] = again["r4"].deltas[0] = -1.0
+    assert fit(models) == fresh
+    changed = models | {"r4": [[0.25] * 4, *models["r4"][1:]]}
+    for call in (partial(fit, changed), partial(fit, models, **other), partial(fit, {"only": models["r4"]})):
+        with pytest.raises(AssertionError, match="fitted again"):
+            call()
+    monkeypatch.setattr(score, fitter, real)
+    for k in range(FITS_KEPT):
+        fit({"one": [[0.25, 0.25, 0.25 - k / 100, 0.25 + k / 100]]})
+    assert len(score._FITS) == FITS_KEPT
+    monkeypatch.setattr(score, fitter, refuse)
+    with pytest.raises(AssertionError, match="fitted again"):  # the oldest fit is forgotten
+        fit(models)
 
 
 @pytest.mark.parametrize(

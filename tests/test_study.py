@@ -1,9 +1,10 @@
-"""`gapeval study`: the reason-then-draw wrapper's request flow, one report table recomputed from its JSONL,
-resuming a finished section, emergence read from a log, and the command's registration."""
+"""`gapeval study`: the reason-then-draw wrapper's request flow, the gap table of conftest's tiny study
+recomputed from its JSONL, reproduced and resumed, emergence read from a log, and the command's registration."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -84,33 +85,34 @@ def test_templates_are_filled_by_plain_substitution():
 
 def _tiny_config(**sizes):
     config = load_config(quick=True)
-    config.models = []  # the calibration oracle is the only model: it answers without a network or weights
     config.suite = "synth:n=40,seed=0"
-    config.oracles = [{"und_error": 0.1, "gen_error": 0.5, "correlation": 0.0}]
-    config.sizes["gap"]["bootstrap"] = 50
     config.sizes.update(sizes)
     return config
 
 
-def test_gap_table_is_recomputed_from_its_records_reproduced_and_skipped_once_finished(tmp_path, monkeypatch):
+def test_gap_table_is_recomputed_from_its_records_reproduced_and_skipped_once_finished(
+    tiny_study, tmp_path, monkeypatch
+):
     from gapeval.rundir import load_records
     from gapeval.summary import summarize
 
-    config = _tiny_config()
-    report = run_study(config, tmp_path, sections=["gap"], argv=["study", "--sections", "gap"])
-    rows = read_jsonl(tmp_path / "gap" / "gap.jsonl")
-    text = report.read_text()
+    study, config = tiny_study
+    rows = read_jsonl(study / "gap" / "gap.jsonl")
+    text = (study / "report.md").read_text()
     assert gap.gap_table(rows) in text and gap.accuracy_table(rows) in text
-    for run_dir in {r["run_dir"] for r in rows if "run_dir" in r}:
-        summary = summarize(load_records(tmp_path / run_dir), bootstrap=50, seed=config.seed)
+    run_dirs = {r["run_dir"] for r in rows if "run_dir" in r}
+    assert len(run_dirs) == 2  # the built-in model and the calibration oracle
+    for run_dir in run_dirs:
+        records = load_records(study / run_dir)
+        summary = summarize(records, bootstrap=config.sizes["gap"]["bootstrap"], seed=config.seed)
         recomputed = gap.summary_rows("x", "x", summary)
         written = [r for r in rows if r.get("run_dir") == run_dir]
         assert [{k: r[k] for k in gap.FIELDS} for r in recomputed] == [
             {k: r[k] for k in gap.FIELDS} for r in written
         ]
     assert "published, not run here" in text and "Calibration:" in text
-    run_study(config, tmp_path / "again", sections=["gap"], argv=[])  # same seed, fresh folder: same numbers
-    assert read_jsonl(tmp_path / "again" / "gap" / "gap.jsonl") == rows
+    run_study(config, tmp_path, sections=["gap"], argv=["study", "--sections", "gap"])
+    assert read_jsonl(tmp_path / "gap" / "gap.jsonl") == rows  # same seed, fresh folder: same numbers
 
     def fail(ctx):
         raise AssertionError("a finished section must not run again")
@@ -120,9 +122,8 @@ def test_gap_table_is_recomputed_from_its_records_reproduced_and_skipped_once_fi
     again = run_study(config, tmp_path, sections=["gap"], argv=["study", "--sections", "gap"])
     assert (tmp_path / "gap" / "done.json").read_text() == done
     assert gap.gap_table(rows) in again.read_text()
-    config.seed = 1
     with pytest.raises(ValueError, match="another configuration"):
-        run_study(config, tmp_path, sections=["gap"], argv=[])
+        run_study(replace(config, seed=1), tmp_path, sections=["gap"], argv=[])
 
 
 def test_emergence_reads_a_log_and_skips_models_without_one(tmp_path):

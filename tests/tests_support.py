@@ -62,3 +62,18 @@ def tiny_sweep(folder: Path, **changes: Any) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+TINY_STUDY = {
+    "gap": {"bootstrap": 20, "other_seeds": False, "oracles": 1},
+    "edit": {
+        "specs": 2,
+        "kinds": ["edit"],
+        "editors": ["lora"],
+        "conditions": ["baseline", "und"],
+        "lora_max_steps": 2,
+    },
+    "bridge": {"specs": 2, "editors": ["lora"]},
+    "emergence": {"training_seeds": [0], "spot_checks": 1, "threshold": 0.5},
+    "mechanism": {"pairs": 2, "probe_realms": 8, "attribute": "colour", "position": "last"},
+}  # the sizes of every section but sharing in the tiny study (conftest's ``tiny_study``)
