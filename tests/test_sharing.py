@@ -106,6 +106,9 @@ def test_sweep_file_errors_name_the_file_and_the_key(tmp_path):
     path = tiny_sweep(tmp_path, conditions={"pair": {"variant": "pair", "measure": {"edit": 4}}})
     with pytest.raises(ValueError, match=r"quick.conditions.pair.measure: unknown sizes \['edit'\]"):
         load_sweep(path, quick=True)
+    path = tiny_sweep(tmp_path, references=["toy@seed1"])
+    with pytest.raises(ValueError, match=r"sweep.yaml: quick.references: unknown model 'toy@seed1'"):
+        load_sweep(path, quick=True)
 
 
 def test_a_condition_overrides_its_own_measurement_sizes_only(tmp_path):

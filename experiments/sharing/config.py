@@ -96,6 +96,7 @@ def load_sweep(path: str | Path | None = None, *, quick: bool = False) -> SweepC
     import yaml
 
     from experiments.paper_study.config import require
+    from gapeval.models.registry import check_spec
     from gapeval.models.toy.train import TrainConfig
 
     path = Path(path or DEFAULT_SWEEP)
@@ -124,6 +125,11 @@ def load_sweep(path: str | Path | None = None, *, quick: bool = False) -> SweepC
     for name, changes in config.conditions.items():
         if unknown := sorted(set(changes.get(MEASURE, {})) - set(MEASURE_KEYS)):
             raise ValueError(f"{path}: {profile}.conditions.{name}.measure: unknown sizes {unknown}")
+    for spec in config.references:
+        try:
+            check_spec(spec)
+        except ValueError as e:
+            raise ValueError(f"{path}: {profile}.references: {e}") from None
     for model in config.models():
         if model.train is not None:
             try:

@@ -75,12 +75,19 @@ def model_forms() -> str:
     return ", ".join(entry.form for entry in MODELS.values())
 
 
-def load_model(spec: str, items: Sequence[Item] = (), **kwargs: Any) -> UMM:
-    """Build the adapter named by ``spec``; ``items`` is the suite (only the oracle needs it)."""
+def check_spec(spec: str) -> tuple[ModelEntry, str]:
+    """The family entry and ``REST`` of ``spec``, or the error naming every accepted form (nothing is built, so
+    a configuration file can be checked before a long run)."""
     name, _, rest = spec.partition(":")
     entry = MODELS.get(name)
     if entry is None or (entry.rest == "none" and rest) or (entry.rest == "required" and not rest):
         raise ValueError(f"unknown model {spec!r}; expected one of {model_forms()}")
+    return entry, rest
+
+
+def load_model(spec: str, items: Sequence[Item] = (), **kwargs: Any) -> UMM:
+    """Build the adapter named by ``spec``; ``items`` is the suite (only the oracle needs it)."""
+    entry, rest = check_spec(spec)
     if entry.checked is not None:
         kwargs = check_options(resolve(entry.checked), kwargs, f"--model {spec}")
     factory = resolve(entry.factory)
