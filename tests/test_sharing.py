@@ -13,7 +13,7 @@ from tests_support import tiny_sweep
 
 from experiments.sharing import analysis
 from experiments.sharing.config import load_sweep
-from experiments.sharing.sweep import estimate_cpu_hours, run_sweep, ship_measured
+from experiments.sharing.sweep import estimate_cpu_hours, plot_emergence, run_sweep, ship_measured
 from gapeval.cli import main
 from gapeval.models.toy.train import TrainConfig, train
 
@@ -227,3 +227,17 @@ def test_specificity_tells_a_realm_specific_drawing_from_a_generic_one():
     generic = analysis.specificity([(0, rows(False))], emblems, seed=0)  # always draws R0's emblem
     assert generic["own"]["mean"] == pytest.approx(1 / 12) and generic["p"] > 0.05
     assert analysis.specificity([(0, [{"realm": "R1", "pictured": False}])], emblems, seed=0) is None
+
+
+def test_emergence_is_plotted_per_model_skipping_steps_without_a_value(tmp_path):
+    log = [
+        {"step": s, "und": s / 10, "gen": s / 20, "wk_und": None if s == 5 else 0.5, "wk_gen": 0.1}
+        for s in (0, 5, 10)
+    ]
+    rows = [
+        {"condition": "default", "seed": 0, "emergence": log},
+        {"condition": "default", "seed": 1, "emergence": log},
+        {"condition": "pair", "seed": 0, "emergence": []},  # a model without a log is left out, not an error
+    ]
+    plot_emergence(rows, tmp_path / "emergence.png")
+    assert (tmp_path / "emergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -252,6 +252,9 @@ def report(
         _tables(section, config, transfer, decisions, per_model)
         plot(transfer, decisions, out / "sharing.png")
         section.figure("Direct transfer and propagation by training condition", out / "sharing.png", out)
+    if any(r["emergence"] for r in per_model):
+        plot_emergence(per_model, out / "emergence.png")
+        section.figure("Emergence: suite accuracy along training, per model", out / "emergence.png", out)
         section.findings += findings(config, transfer, decisions)
     section.seconds = round(seconds, 1)
     return section
@@ -381,6 +384,45 @@ def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> Non
     right.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
     right.set(ylim=(0, 1.15), ylabel="new value in the other direction", title="edit propagation (LoRA)")
     right.legend(fontsize=7, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_emergence(per_model: Sequence[dict], path: Path) -> None:
+    """Suite accuracy (und, gen) and world-knowledge accuracy along training, one line per trained model: a
+    colour per condition, a line style per seed. Says whether and when each run learned what it is tested on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in per_model if r["emergence"]]
+    colours = {
+        c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(dict.fromkeys(r["condition"] for r in runs))
+    }
+    styles = ("-", "--", ":", "-.")
+    panels = (
+        ("und", "suite und"),
+        ("gen", "suite gen"),
+        ("wk_und", "world knowledge und"),
+        ("wk_gen", "world knowledge gen"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.6), sharey=True)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for r in runs:
+            points = [(e["step"], e[key]) for e in r["emergence"] if e.get(key) is not None]
+            label = f"{r['condition']} s{r['seed']}"
+            ax.plot(
+                *zip(*points, strict=True),
+                styles[r["seed"] % len(styles)],
+                color=colours[r["condition"]],
+                label=label,
+                lw=1.2,
+            )
+        ax.set(title=title, xlabel="training step", ylim=(0, 1.02))
+    axes[0].set_ylabel("accuracy")
+    axes[-1].legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
