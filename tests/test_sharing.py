@@ -44,8 +44,11 @@ def test_a_sweep_trains_measures_and_reports_every_model(sweep):
         for c in ("default", "pair")
         for k, v in (("edit", "und"), ("edit", "gen"), ("control", "und"))
     }
+    factors = [json.loads(line) for line in (out / "factors.jsonl").read_text().splitlines()]
+    assert [(f["condition"], f["versus"]) for f in factors] == [("pair", "default")]
     report = (out / "report.md").read_text()
-    assert "Direct transfer" in report and "](sharing.png)" in report
+    assert "Direct transfer" in report and "](sharing.png)" in report and "](emergence.png)" in report
+    assert "One factor at a time" in report
     assert (out / "sharing.png").stat().st_size > 0
 
 
@@ -106,6 +109,9 @@ def test_sweep_file_errors_name_the_file_and_the_key(tmp_path):
     path = tiny_sweep(tmp_path, conditions={"pair": {"variant": "pair", "measure": {"edit": 4}}})
     with pytest.raises(ValueError, match=r"quick.conditions.pair.measure: unknown sizes \['edit'\]"):
         load_sweep(path, quick=True)
+    path = tiny_sweep(tmp_path, conditions={"pair": {"variant": "pair", "versus": "pair"}})
+    with pytest.raises(ValueError, match=r"quick.conditions.pair.versus: 'pair' is not another condition"):
+        load_sweep(path, quick=True)
     path = tiny_sweep(tmp_path, references=["toy@seed1"])
     with pytest.raises(ValueError, match=r"sweep.yaml: quick.references: unknown model 'toy@seed1'"):
         load_sweep(path, quick=True)
@@ -161,6 +167,21 @@ def test_transfer_is_compared_with_the_baseline_and_holm_corrected():
     assert by["strong"]["vs_baseline"]["detected"] and not by["none"]["vs_baseline"]["detected"]
     assert by["strong"]["vs_baseline"]["p_holm"] == pytest.approx(2 * by["strong"]["vs_baseline"]["p"])
     assert by["pair"]["pictured_gen"]["mean"] == 1.0
+
+
+def test_one_factor_comparisons_are_two_sided_and_holm_corrected():
+    knowledge = {
+        "default": [_knowledge(0, True), _knowledge(1, True)],
+        "fewer": [_knowledge(0, False), _knowledge(1, False)],  # a factor that lowers transfer
+        "same": [_knowledge(0, True), _knowledge(1, True)],
+        "unmeasured-partner": [_knowledge(0, True)],
+    }
+    versus = {"fewer": "default", "same": "default", "unmeasured-partner": "missing"}
+    rows = {r["condition"]: r for r in analysis.factor_table(knowledge, versus, seed=0)}
+    assert set(rows) == {"fewer", "same"}  # a comparison needs both conditions measured
+    assert rows["fewer"]["difference"] == pytest.approx(-0.8) and rows["fewer"]["detected"]
+    assert rows["fewer"]["p_holm"] == pytest.approx(2 * rows["fewer"]["p"])
+    assert rows["same"]["difference"] == 0 and not rows["same"]["detected"]
 
 
 def _edit_records(moved: int) -> dict:

@@ -46,7 +46,7 @@ TINY_SWEEP = {
               "codec_images": 100, "save_at": [1.0], "log_every": 4, "eval_every": 0, "eval_items": 12,
               "resume_every": 4},
     "seeds": [0],
-    "conditions": {"default": {"eval_every": 12}, "pair": {"variant": "pair"}},  # one emergence log (~2 s each)
+    "conditions": {"default": {"eval_every": 12}, "pair": {"variant": "pair", "versus": "default"}},  # one emergence log (~2 s each)
     "references": [],
     "baseline": "pair",
     "measure": {"edits": 2, "inject": 0, "lora_max_steps": 2, "probe_realms": 6, "shuffles": 0,

@@ -1,6 +1,7 @@
 """Pure functions from the sweep's stored measurements to its numbers: per condition (training seeds pooled),
 direct transfer and bridged recovery with CIs, each condition against the disjoint baseline (a one-sided
-permutation test over realms, Holm over conditions), the edit study's propagation decision on the pooled
+permutation test over realms, Holm over conditions) and against the condition it differs from by one factor
+(two-sided), the edit study's propagation decision on the pooled
 edits, probe transfer and where patching finds the fact.
 """
 
@@ -37,9 +38,14 @@ def majority_rate(world_realms: Sequence[Any]) -> float | None:
 
 
 def permutation_greater(
-    a: dict[str, list[float]], b: dict[str, list[float]], seed: int, draws: int = 10000
+    a: dict[str, list[float]],
+    b: dict[str, list[float]],
+    seed: int,
+    draws: int = 10000,
+    two_sided: bool = False,
 ) -> float:
-    """One-sided p that ``a``'s mean of group means exceeds ``b``'s, by permuting groups between the two."""
+    """p that ``a``'s mean of group means exceeds ``b``'s (``two_sided``: differs from it in either direction),
+    by permuting groups between the two."""
     x = np.array([np.mean(v) for v in a.values()])
     y = np.array([np.mean(v) for v in b.values()])
     if not len(x) or not len(y):
@@ -48,6 +54,8 @@ def permutation_greater(
     rng = np.random.default_rng(seed)
     perms = np.array([rng.permutation(pooled) for _ in range(draws)])
     diffs = perms[:, : len(x)].mean(1) - perms[:, len(x) :].mean(1)
+    if two_sided:
+        diffs, observed = np.abs(diffs), abs(observed)
     return float((1 + np.sum(diffs >= observed - 1e-12)) / (1 + draws))
 
 
@@ -74,6 +82,26 @@ def transfer_table(
     compared = [r for r in rows if "vs_baseline" in r]
     for r, q in zip(compared, holm([r["vs_baseline"]["p"] for r in compared]), strict=True):
         r["vs_baseline"] |= {"p_holm": q, "detected": q <= ALPHA}
+    return rows
+
+
+def factor_table(
+    knowledge: dict[str, list[tuple[int, list[dict]]]], versus: dict[str, str], seed: int
+) -> list[dict[str, Any]]:
+    """One factor at a time: each condition's direct transfer (gen on text-only realms) against the condition
+    it differs from by one factor (``versus``), where both are measured: difference, two-sided permutation p
+    over seed × realm groups, Holm over the comparisons."""
+    rows = []
+    for condition, other in versus.items():
+        if condition in knowledge and other in knowledge:
+            a, b = (realm_scores(knowledge[c], "gen", False) for c in (condition, other))
+            rows.append({
+                "condition": condition, "versus": other,
+                "difference": estimate(a)["mean"] - estimate(b)["mean"],
+                "p": permutation_greater(a, b, seed, two_sided=True),
+            })  # fmt: skip
+    for r, q in zip(rows, holm([r["p"] for r in rows]), strict=True):
+        r |= {"p_holm": q, "detected": q <= ALPHA}
     return rows
 
 

@@ -17,6 +17,8 @@ DEFAULT_SWEEP = Path(__file__).with_name("sweep.yaml")
 # A condition's own measurement sizes (e.g. more edits where more realms allow them): ``measure: {edits: 48}``
 # beside its training settings.
 MEASURE = "measure"
+# The condition it differs from by one factor (``versus: realms-24``): their direct transfer is compared.
+VERSUS = "versus"
 # What each trained model is measured with (see measure.py); a profile must size every one.
 MEASURE_KEYS = (
     "edits",
@@ -73,12 +75,16 @@ class SweepConfig:
             for s in self.references
         ]
 
+    def versus(self) -> dict[str, str]:
+        """Condition → the condition it differs from by one factor (where the file names one)."""
+        return {name: str(c[VERSUS]) for name, c in self.conditions.items() if VERSUS in c}
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _training(changes: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in changes.items() if k != MEASURE}
+    return {k: v for k, v in changes.items() if k not in (MEASURE, VERSUS)}
 
 
 def _slug(spec: str) -> str:
@@ -125,6 +131,11 @@ def load_sweep(path: str | Path | None = None, *, quick: bool = False) -> SweepC
     for name, changes in config.conditions.items():
         if unknown := sorted(set(changes.get(MEASURE, {})) - set(MEASURE_KEYS)):
             raise ValueError(f"{path}: {profile}.conditions.{name}.measure: unknown sizes {unknown}")
+    for name, other in config.versus().items():
+        if other not in config.conditions or other == name:
+            raise ValueError(
+                f"{path}: {profile}.conditions.{name}.versus: {other!r} is not another condition"
+            )
     for spec in config.references:
         try:
             check_spec(spec)

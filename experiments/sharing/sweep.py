@@ -244,23 +244,27 @@ def report(
         emblems = {r.name: (r.emblem.shape, r.emblem.colour) for r in world.realms}
         row["specificity"] = analysis.specificity(knowledge[row["condition"]], emblems, seed)
     decisions = analysis.propagation_table(edits) if edits else []
+    factors = analysis.factor_table(knowledge, config.versus(), seed)
     write_jsonl(out / "sharing.jsonl", per_model)
     write_jsonl(out / "conditions.jsonl", transfer)
+    write_jsonl(out / "factors.jsonl", factors)
     write_jsonl(out / "propagation.jsonl", decisions)
-    section.records += ["sharing.jsonl", "conditions.jsonl", "propagation.jsonl"]
+    section.records += ["sharing.jsonl", "conditions.jsonl", "factors.jsonl", "propagation.jsonl"]
     if transfer:
-        _tables(section, config, transfer, decisions, per_model)
+        _tables(section, config, transfer, factors, decisions, per_model)
         plot(transfer, decisions, out / "sharing.png")
         section.figure("Direct transfer and propagation by training condition", out / "sharing.png", out)
+        section.findings += findings(config, transfer, factors, decisions)
     if any(r["emergence"] for r in per_model):
         plot_emergence(per_model, out / "emergence.png")
         section.figure("Emergence: suite accuracy along training, per model", out / "emergence.png", out)
-        section.findings += findings(config, transfer, decisions)
     section.seconds = round(seconds, 1)
     return section
 
 
-def _tables(section: Section, config: SweepConfig, transfer: list, decisions: list, per_model: list) -> None:
+def _tables(
+    section: Section, config: SweepConfig, transfer: list, factors: list, decisions: list, per_model: list
+) -> None:
     section.table(
         f"Direct transfer: realms whose emblem training never drew, asked as a drawing (gen), in text (und) and "
         f"bridged (ask in text, draw the own answer); gen on pictured realms for scale. 95 % CI over seed × realm; "
@@ -278,6 +282,16 @@ def _tables(section: Section, config: SweepConfig, transfer: list, decisions: li
              for r in transfer],
         ),
     )  # fmt: skip
+    if factors:
+        section.table(
+            "One factor at a time: gen on text-only realms against the condition each differs from by one factor "
+            "(difference of means; two-sided permutation p over seed × realm, Holm over these comparisons)",
+            markdown_table(
+                ["condition", "versus", "Δ gen (text-only)", "p (Holm)", "detected"],
+                [[f"`{r['condition']}`", f"`{r['versus']}`", num(r["difference"]), f"{r['p']:.3g} ({r['p_holm']:.3g})",
+                  "yes" if r["detected"] else "no"] for r in factors],
+            ),
+        )  # fmt: skip
     if decisions:
         section.table(
             "Propagation of LoRA edits into the untrained direction (training seeds pooled; each edit against its "
@@ -317,7 +331,7 @@ def _where(peak: dict[str, Any], direction: str) -> str:
     return "–" if not entry else f"{entry['row']} ({num(entry['restored'])})"
 
 
-def findings(config: SweepConfig, transfer: list, decisions: list) -> list[str]:
+def findings(config: SweepConfig, transfer: list, factors: list, decisions: list) -> list[str]:
     moved = [r for r in transfer if r.get("vs_baseline", {}).get("detected")]
     lines = [
         "Direct transfer above the disjoint baseline "
@@ -330,6 +344,16 @@ def findings(config: SweepConfig, transfer: list, decisions: list) -> list[str]:
         )
         + "."
     ]
+    if factors:
+        lines.append(
+            f"One factor at a time (two-sided, Holm over {len(factors)}): "
+            + "; ".join(
+                f"`{r['condition']}` vs `{r['versus']}` {r['difference']:+.2f} "
+                f"(p {r['p_holm']:.3g}{', detected' if r['detected'] else ''})"
+                for r in factors
+            )
+            + "."
+        )
     plain = [r for r in decisions if r["kind"] != "control"]
     found = [r for r in plain if r.get("detected_holm", r["detected"])]
     control = [r for r in decisions if r["kind"] == "control"]
