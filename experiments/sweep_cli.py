@@ -55,7 +55,9 @@ def handler(args: argparse.Namespace) -> int:
     )
     if not args.train_only:
         path = args.out / "report.md"
-        path.write_text("# The sharing sweep\n\n" + "\n".join(section_markdown(1, section)), encoding="utf-8")
+        findings = [f"- {line}" for line in section.findings] or ["- (none: nothing measured yet)"]
+        lines = ["# The sharing sweep", "", "## Findings", "", *findings, "", *section_markdown(1, section)]
+        path.write_text("\n".join(lines), encoding="utf-8")
         print(f"report: {path}")
     if args.ship:
         for target in ship_measured(config, args.out, args.seed):

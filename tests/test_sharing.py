@@ -48,7 +48,9 @@ def test_a_sweep_trains_measures_and_reports_every_model(sweep):
     assert [(f["condition"], f["versus"]) for f in factors] == [("pair", "default")]
     report = (out / "report.md").read_text()
     assert "Direct transfer" in report and "](sharing.png)" in report and "](emergence.png)" in report
-    assert "One factor at a time" in report
+    assert (
+        "One factor at a time" in report and "## Findings\n\n- Direct transfer above the disjoint" in report
+    )
     assert (out / "sharing.png").stat().st_size > 0
 
 

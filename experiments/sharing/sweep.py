@@ -371,7 +371,7 @@ def findings(config: SweepConfig, transfer: list, factors: list, decisions: list
 
 
 def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> None:
-    """Left: gen, bridged and und on text-only realms per condition (95 % CIs). Right: propagation rate of
+    """Top: gen, bridged and und on text-only realms per condition (95 % CIs). Bottom: propagation rate of
     edits into the untrained direction per condition, und→gen and gen→und."""
     import matplotlib
 
@@ -381,7 +381,7 @@ def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> Non
     from experiments.paper_study.bars import ci_bars
 
     conditions = [r["condition"] for r in transfer]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(conditions) * 2), 3.8))
+    fig, (left, right) = plt.subplots(2, 1, figsize=(max(7, 0.9 * len(conditions) + 2), 7))
     series = (
         ("text_gen", "gen", "#f08c00"),
         ("text_bridged", "bridged gen", "#2b8a3e"),
