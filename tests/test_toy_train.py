@@ -168,3 +168,22 @@ def test_a_run_killed_mid_save_resumes_to_the_same_result(runs, tmp_path, monkey
     _same_checkpoints(runs / "eval", killed)
     assert _log(killed / "emergence.jsonl", "eval_s") == _log(runs / "eval" / "emergence.jsonl", "eval_s")
     assert [p.name for p in (killed / "resume").iterdir()] == ["step-000030"]
+
+
+def test_a_run_being_trained_is_refused_to_a_second_process_and_nothing_is_touched(runs, tmp_path):
+    import shutil
+
+    from gapeval.models.toy.train import TrainConfig, resume, train
+
+    held = tmp_path / "held"
+    shutil.copytree(runs / "plain", held)
+    before = {p: p.read_bytes() for p in held.rglob("*") if p.is_file()}
+    with resume_mod.run_lock(held):  # what the first trainer holds while it runs (a separate open file)
+        with pytest.raises(RuntimeError, match="another process is training this run"):
+            resume(held, progress=False)
+        with pytest.raises(RuntimeError, match="another process is training this run"):
+            train(TrainConfig(), held, progress=False)
+    assert {p: p.read_bytes() for p in held.rglob("*") if p.is_file()} == before  # logs and states untouched
+    assert (
+        resume(held, progress=False) == held / "step-000030"
+    )  # released: the finished run is found as it is

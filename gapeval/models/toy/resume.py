@@ -4,7 +4,8 @@
 ``state.json`` the step, the training config, the optimiser's hyper-parameters, Python RNG states (as lists),
 the loss window not yet logged and the byte length of each log file. No pickle anywhere. A state is written
 under a temporary name and renamed into place (atomic), and only then are older states removed, so a kill at
-any moment leaves one complete state behind.
+any moment leaves one complete state behind. :func:`run_lock` keeps a second process from training the same
+folder at the same time.
 """
 
 from __future__ import annotations
@@ -13,15 +14,40 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded there
+    fcntl = None
 
 import torch
 from safetensors.torch import load_file, save_file
 
 RESUME = "resume"
+LOCK = ".training.lock"
 _PREFIX = "step-"
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out`` for this training process. A second process training or resuming the same folder would
+    write its log lines, checkpoints and states between the first's; it is refused instead. The lock is the
+    operating system's (``flock``), so a killed process never leaves it held."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(
+                    f"{out}: another process is training this run; wait for it to finish or stop it first"
+                ) from None
+        yield
 
 
 def rng_state_to_json(state: tuple) -> list:

@@ -34,6 +34,7 @@ from gapeval.models.toy.resume import (
     TrainState,
     rng_state_from_json,
     rng_state_to_json,
+    run_lock,
     sync_file,
     truncate,
 )
@@ -334,12 +335,14 @@ def train(
     (and, with ``cfg.eval_every``, what ``evaluator`` logs), and the state :func:`resume` continues from."""
     cfg.check()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / RESUME, ignore_errors=True)  # another run's state must never be resumed into this one
-    for name in (TRAIN_LOG, EMERGENCE):
-        (out / name).unlink(missing_ok=True)
-    (out / TRAIN_LOG).touch()
-    return _Run(cfg, out, evaluator).run(progress)
+    with run_lock(out):
+        shutil.rmtree(
+            out / RESUME, ignore_errors=True
+        )  # another run's state must never be resumed into this one
+        for name in (TRAIN_LOG, EMERGENCE):
+            (out / name).unlink(missing_ok=True)
+        (out / TRAIN_LOG).touch()
+        return _Run(cfg, out, evaluator).run(progress)
 
 
 def resume(out_dir: str | Path, progress: bool = True, evaluator: Evaluator | None = None) -> Path:
@@ -349,7 +352,8 @@ def resume(out_dir: str | Path, progress: bool = True, evaluator: Evaluator | No
     if the run had never stopped; a finished run is left as it is.
     """
     out = Path(out_dir)
-    state = TrainState.load(out)
-    run = _Run(TrainConfig(**state.info["config"]), out, evaluator)
-    run.load_state(state)
-    return run.run(progress)
+    with run_lock(out):
+        state = TrainState.load(out)
+        run = _Run(TrainConfig(**state.info["config"]), out, evaluator)
+        run.load_state(state)
+        return run.run(progress)
