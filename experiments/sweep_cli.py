@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from experiments.paper_study.study_report import section_markdown
+    from experiments.paper_study.study_report import findings_list, section_markdown
     from experiments.sharing.config import load_sweep
     from experiments.sharing.sweep import estimate_cpu_hours, measured_step_seconds, run_sweep, ship_measured
 
@@ -55,7 +55,7 @@ def handler(args: argparse.Namespace) -> int:
     )
     if not args.train_only:
         path = args.out / "report.md"
-        findings = [f"- {line}" for line in section.findings] or ["- (none: nothing measured yet)"]
+        findings = findings_list(section.findings)
         lines = ["# The sharing sweep", "", "## Findings", "", *findings, "", *section_markdown(1, section)]
         path.write_text("\n".join(lines), encoding="utf-8")
         print(f"report: {path}")

@@ -64,10 +64,15 @@ def write_report(
         "## Findings",
         "",
     ]
-    lines += [f"- {finding}" for section in sections for finding in section.findings] or ["- (none)"]
+    lines += findings_list([finding for section in sections for finding in section.findings])
     lines.append("")
     for number, section in enumerate(sections, start=1):
         lines += section_markdown(number, section)
     path = out / REPORT
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def findings_list(findings: list[str]) -> list[str]:
+    """A report's findings as markdown list lines ("(none)" when there are none)."""
+    return [f"- {finding}" for finding in findings] or ["- (none)"]

@@ -56,7 +56,12 @@ def permutation_greater(
     diffs = perms[:, : len(x)].mean(1) - perms[:, len(x) :].mean(1)
     if two_sided:
         diffs, observed = np.abs(diffs), abs(observed)
-    return float((1 + np.sum(diffs >= observed - 1e-12)) / (1 + draws))
+    return _tail_p(diffs, observed)
+
+
+def _tail_p(null: np.ndarray, observed: float) -> float:
+    """Share of the null draws at least as large as ``observed`` (counting the observation itself)."""
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
 
 
 def transfer_table(
@@ -191,5 +196,5 @@ def specificity(
         return None
     rng = np.random.default_rng(seed)
     flipped = (rng.choice([-1.0, 1.0], size=(draws, len(diffs))) * diffs).mean(1)
-    p = float((1 + np.sum(flipped >= diffs.mean() - 1e-12)) / (1 + draws))
+    p = _tail_p(flipped, diffs.mean())
     return {"own": estimate(own, seed=seed), "other": estimate(other, seed=seed), "p": p}

@@ -41,9 +41,8 @@ class SweepModel:
     seed: int
     train: dict[str, Any] | None  # TrainConfig fields (None for a reference)
     spec: str | None = None  # a reference's model spec (toy, toy:decoupled@seed1, ...)
-    measure: dict[str, Any] = field(
-        default_factory=dict
-    )  # the profile's sizes with the condition's overrides
+    # the profile's measurement sizes with the condition's overrides
+    measure: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -336,9 +336,8 @@ def train(
     cfg.check()
     out = Path(out_dir)
     with run_lock(out):
-        shutil.rmtree(
-            out / RESUME, ignore_errors=True
-        )  # another run's state must never be resumed into this one
+        # another run's state must never be resumed into this one
+        shutil.rmtree(out / RESUME, ignore_errors=True)
         for name in (TRAIN_LOG, EMERGENCE):
             (out / name).unlink(missing_ok=True)
         (out / TRAIN_LOG).touch()
