@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from flops import peak_flops
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from gapeval.models.toy import sequence
+from gapeval.models.toy import data, sequence
 from gapeval.models.toy.codec import CELL, GRID, N_TOKENS, ImageCodec, _interior_shift
 from gapeval.models.toy.train import TrainConfig, _Run
-from gapeval.synth.world import to_grid_array
+from gapeval.synth.world import render_pixels, to_grid_array
 
 
 def per_cell_patches(image) -> np.ndarray:
@@ -55,15 +56,25 @@ def todays_encode(self: ImageCodec, image) -> list[int]:
     return self.encode_patches(per_cell_patches(image)).tolist()
 
 
+def todays_render(scene, rng=None) -> Image.Image:
+    """Today's training pictures: PIL images (read back into arrays when encoded)."""
+    return Image.fromarray(render_pixels(scene, rng), "RGB")
+
+
 @contextmanager
 def todays_batches():
-    """Build sequences as today's trainer did (per-cell canonicalisation, no remembered codes) while inside."""
-    vectorised, remembered = sequence.cell_patches, ImageCodec.encode
-    sequence.cell_patches, ImageCodec.encode = per_cell_patches, todays_encode
+    """Build sequences as today's trainer did (PIL pictures, per-cell canonicalisation, no remembered codes)
+    while inside."""
+    now = sequence.cell_patches, ImageCodec.encode, data.render_pixels
+    sequence.cell_patches, ImageCodec.encode, data.render_pixels = (
+        per_cell_patches,
+        todays_encode,
+        todays_render,
+    )
     try:
         yield
     finally:
-        sequence.cell_patches, ImageCodec.encode = vectorised, remembered
+        sequence.cell_patches, ImageCodec.encode, data.render_pixels = now
 
 
 @contextmanager

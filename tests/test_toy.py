@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gapeval.items import Item
 from gapeval.judges.image import SynthImageJudge
@@ -26,11 +28,12 @@ from gapeval.models.toy.data import (
     vocabulary_texts,
 )
 from gapeval.models.toy.model import CELL_BIAS_INIT, Batch, ToyConfig, ToyUMM
+from gapeval.models.toy.sequence import SequenceBuilder
 from gapeval.models.toy.tokenizer import TextTokenizer
 from gapeval.models.toy.train import TrainConfig, train
 from gapeval.synth import World, build_suite, item_key, render
 from gapeval.synth.suite import GENERATORS, WK_GEN, WK_UND
-from gapeval.synth.world import parse_scene, read_cell
+from gapeval.synth.world import parse_scene, read_cell, render_pixels
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +99,49 @@ def test_training_data_is_disjoint_from_the_suite(suite):
     prompts |= {(it.gen_prompt, it.image.tobytes() if it.image else None) for it in suite}
     for _ in range(3000):
         ex = sampler.sample(1.0)
-        assert (ex.prompt, ex.image.tobytes() if ex.image else None) not in prompts
+        assert (ex.prompt, ex.image.tobytes() if ex.image is not None else None) not in prompts
     # Emblems are drawn in training only for the realms the world marks as pictured.
     world = World(0)
     drawn = {ex.prompt for ex in (sampler.sample(1.0) for _ in range(3000)) if ex.task == "picture"}
     unpictured = [r for r in world.realms if not r.pictured]
     assert drawn and not any(r.name in p or r.founder in p for p in drawn for r in unpictured)
+
+
+@pytest.mark.parametrize("variant", ["shared", "decoupled"])
+def test_training_pictures_drawn_as_arrays_build_the_sequences_their_images_would(variant):
+    """The trainer draws its pictures straight to pixel arrays (no PIL round trip): no sequence may notice."""
+    world = World(0)
+    builder = SequenceBuilder(
+        TextTokenizer.build(vocabulary_texts(world)), ImageCodec.fit(k=16, n_images=40, seed=0), variant
+    )
+    sampler = MixtureSampler(world, 4, set(), consistency=0.5)
+
+    def as_image(x):
+        return Image.fromarray(x, "RGB") if isinstance(x, np.ndarray) else x
+
+    arrays = 0
+    for _ in range(300):
+        ex = sampler.sample(1.0)
+        arrays += isinstance(ex.answer, np.ndarray)
+        pil = dataclasses.replace(
+            ex, image=as_image(ex.image), answer=as_image(ex.answer), then=as_image(ex.then)
+        )
+        a, b = builder.example_of(ex), builder.example_of(pil)
+        assert (a.ids, a.cell, a.next_cell, a.patch, a.target) == (
+            b.ids,
+            b.cell,
+            b.next_cell,
+            b.patch,
+            b.target,
+        )
+        assert (a.patches is None) == (b.patches is None)
+        assert a.patches is None or np.array_equal(a.patches, b.patches)
+    assert arrays > 50  # the check is not vacuous
+    # The suite's generators draw the same pixels as arrays and key them the same (training's exclusion).
+    for make in GENERATORS.values():
+        image, array = make(world, random.Random(7)), make(world, random.Random(7), draw=render_pixels)
+        assert item_key(image) == item_key(array)
+        assert np.array_equal(np.asarray(image["reference_image"]), array["reference_image"])
 
 
 def test_world_knowledge_phrasing_rotates_per_realm(suite):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
+from typing import Any
 
 from gapeval.items import CATEGORIES, Item
 from gapeval.synth.world import (
@@ -49,15 +50,22 @@ def _scene_spec(scene: Scene) -> dict:
     return {"type": "scene", "scene": scene.to_json()}
 
 
-def _item(category, subcategory, und, gen, image, ref_scene, und_spec, gen_spec, ref_text, meta, rng) -> dict:
+# How a generator turns scenes into pictures: ``render`` (PIL images) for the suite; the trainer passes
+# ``render_pixels`` (the same pixels as arrays, which it encodes without a PIL round trip).
+Draw = Callable[..., Any]
+
+
+def _item(
+    category, subcategory, und, gen, image, ref_scene, und_spec, gen_spec, ref_text, meta, rng, draw
+) -> dict:
     return dict(
         category=category,
         subcategory=subcategory,
         und_prompt=und,
         gen_prompt=gen,
-        image=render(image, rng) if image is not None else None,
+        image=draw(image, rng) if image is not None else None,
         reference=[ref_text],
-        reference_image=render(ref_scene, rng),
+        reference_image=draw(ref_scene, rng),
         spec={"und": und_spec, "gen": gen_spec},
         meta=meta,
     )
@@ -89,7 +97,7 @@ def _rule(rng: random.Random, scene: Scene) -> tuple[str, str, Scene] | None:
     return None
 
 
-def make_instruction_following(world: World, rng: random.Random) -> dict:
+def make_instruction_following(world: World, rng: random.Random, draw: Draw = render) -> dict:
     while True:
         scene = random_scene(rng, rng.randint(1, 3))
         picked = _rule(rng, scene)
@@ -108,13 +116,14 @@ def make_instruction_following(world: World, rng: random.Random) -> dict:
         result.describe(),
         {"rule": name, "input_scene": scene.to_json()},
         rng,
+        draw,
     )
 
 
 # --- numerical perception ------------------------------------------------------------------------------------
 
 
-def make_numerical_perception(world: World, rng: random.Random) -> dict:
+def make_numerical_perception(world: World, rng: random.Random, draw: Draw = render) -> dict:
     x, y = rng.sample(all_kinds(), 2)
     a, b = rng.sample(range(1, 5), 2)
     cells = rng.sample(all_cells(), a + b)
@@ -134,6 +143,7 @@ def make_numerical_perception(world: World, rng: random.Random) -> dict:
         f"{b} {plural(x.kind, b)}, {a} {plural(y.kind, a)}",
         {"input_scene": scene.to_json()},
         rng,
+        draw,
     )
 
 
@@ -150,7 +160,9 @@ def world_knowledge_prompts(realm, hop: str, phrasing: int) -> tuple[str, str]:
     return WK_UND[phrasing].format(x=subject), WK_GEN[phrasing].format(x=subject)
 
 
-def make_world_knowledge(world: World, rng: random.Random, realm=None, hop=None, phrasing: int = 0) -> dict:
+def make_world_knowledge(
+    world: World, rng: random.Random, realm=None, hop=None, phrasing: int = 0, draw: Draw = render
+) -> dict:
     realm = realm or rng.choice(world.realms)
     hop = hop or rng.choice(tuple(WK_SUBJECT))
     und, gen = world_knowledge_prompts(realm, hop, phrasing)
@@ -167,6 +179,7 @@ def make_world_knowledge(world: World, rng: random.Random, realm=None, hop=None,
         realm.emblem_scene.describe(),
         {"realm": realm.name, "pictured_in_training": realm.pictured, "phrasing": phrasing},
         rng,
+        draw,
     )
 
 
@@ -221,7 +234,7 @@ PUZZLES: dict[str, Callable[[random.Random], tuple[str, dict, list[Obj], int]]] 
 }
 
 
-def make_reasoning(world: World, rng: random.Random) -> dict:
+def make_reasoning(world: World, rng: random.Random, draw: Draw = render) -> dict:
     kind = rng.choice(tuple(PUZZLES))
     question, top, opts, answer = PUZZLES[kind](rng)
     scene = Scene(top | {(GRID - 1, c): o for c, o in enumerate(opts)})
@@ -239,6 +252,7 @@ def make_reasoning(world: World, rng: random.Random) -> dict:
         letter,
         {"input_scene": scene.to_json(), "answer_cell": cell_word((GRID - 1, answer))},
         rng,
+        draw,
     )
 
 

@@ -29,6 +29,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from gapeval.models.toy.tokenizer import words
@@ -55,8 +56,12 @@ from gapeval.synth.world import (
     counted_scene,
     plural,
     random_scene,
-    render,
+    render_pixels,
 )
+
+# A training picture: the world's own pictures are drawn straight to pixel arrays (render_pixels), which the
+# sequence builder encodes as it would their PIL images; the suite's generators give PIL images.
+Picture = Image.Image | np.ndarray
 
 
 @dataclass
@@ -64,20 +69,24 @@ class Example:
     task: str
     direction: str
     prompt: str
-    image: Image.Image | None
-    answer: str | Image.Image
+    image: Picture | None
+    answer: str | Picture
     # A second answer in the other modality, in the same sequence (the consistency task): a picture after a
     # text answer (``direction`` und), or a text after a picture (gen).
-    then: str | Image.Image | None = None
+    then: str | Picture | None = None
 
 
 def _und(task, prompt, scene, answer, rng) -> Example:
-    return Example(task, "und", prompt, render(scene, rng) if scene is not None else None, answer)
+    return Example(task, "und", prompt, render_pixels(scene, rng) if scene is not None else None, answer)
 
 
 def _gen(task, prompt, scene_in, scene_out, rng) -> Example:
     return Example(
-        task, "gen", prompt, render(scene_in, rng) if scene_in is not None else None, render(scene_out, rng)
+        task,
+        "gen",
+        prompt,
+        render_pixels(scene_in, rng) if scene_in is not None else None,
+        render_pixels(scene_out, rng),
     )
 
 
@@ -228,7 +237,7 @@ def realm_picture(world, rng, level):
     hop = rng.choice(tuple(WK_SUBJECT))
     subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
     prompt = WK_GEN[_training_phrasing(world, rng, r, hop)].format(x=subject)
-    return Example("picture", "gen", prompt, None, render(r.emblem_scene, rng))
+    return Example("picture", "gen", prompt, None, render_pixels(r.emblem_scene, rng))
 
 
 def realm_consistency(world, rng, level):
@@ -238,7 +247,7 @@ def realm_consistency(world, rng, level):
     hop = rng.choice(tuple(WK_SUBJECT))
     subject = WK_SUBJECT[hop].format(name=r.name, founder=r.founder)
     phrasing = _training_phrasing(world, rng, r, hop)
-    text, picture = r.emblem_scene.describe(), render(r.emblem_scene, rng)
+    text, picture = r.emblem_scene.describe(), render_pixels(r.emblem_scene, rng)
     if rng.random() < 0.5:
         return Example("consistency", "und", WK_UND[phrasing].format(x=subject), None, text, picture)
     return Example("consistency", "gen", WK_GEN[phrasing].format(x=subject), None, picture, text)
@@ -287,7 +296,7 @@ UND_ANSWERS: dict[str, Callable[[dict], str]] = {
 def _category(name: str) -> Callable:
     def make(world, rng, level, exclude: set[str]):
         while True:
-            fields = GENERATORS[name](world, rng)
+            fields = GENERATORS[name](world, rng, draw=render_pixels)
             if item_key(fields) not in exclude:
                 break
         if rng.random() < 0.5:

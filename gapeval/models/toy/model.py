@@ -326,7 +326,7 @@ class ToyUMM(nn.Module):
         scores = torch.einsum("b...d,bcd->b...c", h, memory)
         # Column 0 stands for "names no cell": words that are not cell words get no pointer score.
         scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], dim=-1)
-        return logits + scores[..., self.text_cells] * (self.text_cells > 0)
+        return logits + scores.index_select(-1, self.text_cells) * (self.text_cells > 0)
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.config.variant == "shared":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ class Packed:
     patches: torch.Tensor | None
     groups: list[Group]
     back: torch.Tensor  # (N,) row of each packed token in the groups' padded rows, concatenated
+    rows: torch.Tensor  # the groups' padded rows, flattened and concatenated (the inverse of ``back``)
 
     @property
     def n_seqs(self) -> int:
@@ -60,7 +62,7 @@ class Packed:
 
 
 def _cat(seqs: Seq[Sequence], name: str) -> torch.Tensor:
-    return torch.tensor([v for s in seqs for v in getattr(s, name)])
+    return torch.tensor(list(chain.from_iterable(getattr(s, name) for s in seqs)))
 
 
 def pack(seqs: Seq[Sequence], groups: int) -> Packed:
@@ -83,6 +85,9 @@ def pack(seqs: Seq[Sequence], groups: int) -> Packed:
     cell, next_cell = _cat(seqs, "cell"), _cat(seqs, "next_cell")
     pad = torch.zeros(1, dtype=torch.long)
     patches = [s.patches for s in seqs if s.patches is not None]
+    sub_batches = [
+        Group(r.where(r < n, 0), torch.cat([cell, pad])[r], torch.cat([next_cell, pad])[r]) for r in parts
+    ]
     return Packed(
         ids=_cat(seqs, "ids"),
         cell=cell,
@@ -92,10 +97,9 @@ def pack(seqs: Seq[Sequence], groups: int) -> Packed:
         target=_cat(seqs, "target"),
         patch_mask=_cat(seqs, "patch") if patches else None,
         patches=torch.from_numpy(np.concatenate(patches)) if patches else None,
-        groups=[
-            Group(r.where(r < n, 0), torch.cat([cell, pad])[r], torch.cat([next_cell, pad])[r]) for r in parts
-        ],
+        groups=sub_batches,
         back=torch.from_numpy(back),
+        rows=torch.cat([g.rows.view(-1) for g in sub_batches]),
     )
 
 
@@ -108,22 +112,23 @@ def _masks(model: ToyUMM, group: Group) -> list[torch.Tensor]:
         return [causal.expand(b * c.n_heads, t, t)] * c.n_layers
     about = torch.where(group.next_cell > 0, group.next_cell, group.cell)
     same = ((about[:, :, None] == group.cell[:, None, :]) & (about[:, :, None] > 0))[:, None]
-    masks = causal + same * model.cell_attn_bias[:, None, :, None, None]  # (L, B, H, T, T)
-    return list(masks.reshape(c.n_layers, b * c.n_heads, t, t).unbind(0))
+    # Layer by layer: one (L, B, H, T, T) tensor split per layer would cost a stacking copy in backward.
+    bias = model.cell_attn_bias[:, :, None, None]
+    return [(causal + same * bias[i]).reshape(b * c.n_heads, t, t) for i in range(c.n_layers)]
 
 
 def _attention(qkv: torch.Tensor, packed: Packed, masks: list[torch.Tensor], heads: int) -> torch.Tensor:
     """Causal self-attention of every sequence; ``qkv`` (N, 3d) packed, result (N, d) packed."""
     d = qkv.shape[1] // 3
-    outs = []
+    # One gather for every sub-batch (its backward is one scatter, not one full-size zero buffer per group).
+    rows = qkv.index_select(0, packed.rows)
+    outs, start = [], 0
     for group, mask in zip(packed.groups, masks, strict=True):
         b, t = group.rows.shape
         q, k, v = (
-            qkv.index_select(0, group.rows.view(-1))
-            .view(b, t, 3, heads, d // heads)
-            .permute(2, 0, 3, 1, 4)
-            .unbind(0)
+            rows[start : start + b * t].view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
         )
+        start += b * t
         q, k, v = (x.reshape(b * heads, t, d // heads) for x in (q, k, v))
         scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=(d // heads) ** -0.5)
         out = torch.bmm(scores.softmax(-1), v).view(b, heads, t, d // heads).transpose(1, 2)
@@ -181,7 +186,7 @@ def packed_losses(model: ToyUMM, builder: SequenceBuilder, seqs: list[Sequence],
         keys = keys.index_put(
             (packed.seq[pick], packed.cell[pick]), h.index_select(0, slot[pick]), accumulate=True
         )
-        memory = model.pointer_proj(keys[:, 1:])[packed.seq[valid]]
+        memory = model.pointer_proj(keys[:, 1:]).index_select(0, packed.seq[valid])
     target = packed.target[valid]
     per_token = F.cross_entropy(
         model.joint_logits(h.index_select(0, slot[valid]), memory), target, reduction="none"

@@ -36,8 +36,21 @@ class Sequence:
         self.patch.append(patch)
         self.target.append(target)
 
+    def push_many(self, tokens: list[int], cells: list[int], next_cells=None, patch=False, targets=None):
+        """:meth:`push` of several tokens at once (one call per block: building batches is per-token Python)."""
+        n = len(tokens)
+        self.ids.extend(tokens)
+        self.cell.extend(cells)
+        self.next_cell.extend([0] * n if next_cells is None else next_cells)
+        self.patch.extend([patch] * n)
+        self.target.extend([IGNORE] * n if targets is None else targets)
+
     def __len__(self) -> int:
         return len(self.ids)
+
+
+IMAGE_CELLS = list(range(1, N_TOKENS + 1))  # the cell (1 + index) of each token of an image block
+NEXT_CELLS = IMAGE_CELLS[1:] + [0]  # which cell each generated code is followed by (none after the last)
 
 
 class SequenceBuilder:
@@ -54,38 +67,35 @@ class SequenceBuilder:
         if image is not None:
             seq.push(tok.img_id)
             if self.variant == "shared":
-                for k, code in enumerate(self.codec.encode(image)):
-                    seq.push(self.n_text + code, cell=k + 1)
+                seq.push_many([self.n_text + code for code in self.codec.encode(image)], IMAGE_CELLS)
             else:
                 seq.patches = cell_patches(image)
-                for k in range(N_TOKENS):
-                    seq.push(tok.pad_id, cell=k + 1, patch=True)
+                seq.push_many([tok.pad_id] * N_TOKENS, IMAGE_CELLS, patch=True)
             seq.push(tok.img_end_id)
         seq.prompt_start = len(seq)
-        for t in tok.encode(prompt):
-            cell = tok.cell_of(t)
-            seq.push(t, cell=0 if cell is None else cell + 1)
+        words = tok.encode(prompt)
+        seq.push_many(words, self._cells_of(words))
         seq.push(tok.und_id if direction == "und" else tok.gen_id, next_cell=1 if direction == "gen" else 0)
         return seq
 
+    def _cells_of(self, tokens: list[int]) -> list[int]:
+        """1 + the cell each word names (0: none)."""
+        cells = [self.tok.cell_of(t) for t in tokens]
+        return [0 if cell is None else cell + 1 for cell in cells]
+
     def add_text_answer(self, seq: Sequence, answer_ids: list[int]) -> Sequence:
-        targets = list(answer_ids) + [self.tok.eos_id]
+        answer_ids = list(answer_ids)
+        targets = answer_ids + [self.tok.eos_id]
         seq.target[-1] = targets[0]
-        for t, nxt in zip(answer_ids, targets[1:], strict=True):
-            cell = self.tok.cell_of(t)
-            seq.push(t, cell=0 if cell is None else cell + 1, target=nxt)
+        seq.push_many(answer_ids, self._cells_of(answer_ids), targets=targets[1:])
         return seq
 
     def add_image_answer(self, seq: Sequence, codes: list[int]) -> Sequence:
-        seq.target[-1] = self.n_text + codes[0]
-        for k, code in enumerate(codes):
-            last = k == N_TOKENS - 1
-            seq.push(
-                self.n_text + code,
-                cell=k + 1,
-                next_cell=0 if last else k + 2,
-                target=IGNORE if last else self.n_text + codes[k + 1],
-            )
+        tokens = [self.n_text + code for code in codes]
+        if len(tokens) != N_TOKENS:
+            raise ValueError(f"an image answer is {N_TOKENS} codes, got {len(tokens)}")
+        seq.target[-1] = tokens[0]
+        seq.push_many(tokens, IMAGE_CELLS, next_cells=NEXT_CELLS, targets=tokens[1:] + [IGNORE])
         return seq
 
     def example(self, prompt: str, image: Image.Image | None, direction: str, answer, then=None) -> Sequence:
