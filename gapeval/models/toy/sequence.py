@@ -36,7 +36,14 @@ class Sequence:
         self.patch.append(patch)
         self.target.append(target)
 
-    def push_many(self, tokens: list[int], cells: list[int], next_cells=None, patch=False, targets=None):
+    def push_many(
+        self,
+        tokens: list[int],
+        cells: list[int],
+        next_cells: list[int] | None = None,
+        patch: bool = False,
+        targets: list[int] | None = None,
+    ):
         """:meth:`push` of several tokens at once (one call per block: building batches is per-token Python)."""
         n = len(tokens)
         self.ids.extend(tokens)
