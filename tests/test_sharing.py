@@ -5,6 +5,7 @@ can fail."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -87,6 +88,19 @@ def test_a_folder_of_another_sweep_is_refused(sweep, tmp_path):
     other = load_sweep(tiny_sweep(tmp_path, seeds=[1]), quick=True)
     with pytest.raises(ValueError, match="another configuration"):
         run_sweep(other, out, progress=False)
+    redefined = {"default": {"eval_every": 12, "steps": 13}, "pair": TINY["conditions"]["pair"]}
+    with pytest.raises(ValueError, match=r"another configuration \(condition default\)"):
+        run_sweep(load_sweep(tiny_sweep(tmp_path, conditions=redefined), quick=True), out, only=[])
+
+
+def test_a_folder_keeps_its_models_when_conditions_are_added_or_compared_otherwise(sweep, tmp_path):
+    out = shutil.copytree(sweep[1], tmp_path / "out")  # the session's sweep folder is shared: work on a copy
+    grown = {**TINY["conditions"], "pair": {"variant": "pair"}, "wide": {"d_model": 32, "versus": "pair"}}
+    run_sweep(load_sweep(tiny_sweep(tmp_path, conditions=grown), quick=True), out, only=[], progress=False)
+    # the record follows the file, and the models measured before are still reported
+    assert json.loads((out / "sweep.json").read_text())["conditions"] == grown
+    rows = [json.loads(line) for line in (out / "conditions.jsonl").read_text().splitlines()]
+    assert {r["condition"]: r["seeds"] for r in rows} == {"default": [0], "pair": [0]}
 
 
 def test_a_run_of_other_settings_is_not_resumed(tmp_path):

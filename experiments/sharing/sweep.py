@@ -28,7 +28,7 @@ from experiments.paper_study.records import (
     write_jsonl,
 )
 from experiments.sharing import analysis, measure
-from experiments.sharing.config import SweepConfig, SweepModel
+from experiments.sharing.config import VERSUS, SweepConfig, SweepModel
 from experiments.sharing.training import SHIPPED, finished_checkpoint, run_folder, train_config, train_model
 from gapeval.synth.world import all_kinds
 from interventions.editing.metrics import estimate
@@ -39,15 +39,37 @@ SETTINGS = "measure.json"  # beside shipped units: the measurement settings and 
 TEMPLATE = "Draw: {answer}."  # the built-in UMM's draw-a-described-scene skill (reason-then-draw)
 
 
+def _measured_as(sweep: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict]]:
+    """What a sweep's stored models were trained and measured with: everything but the file's path, the
+    analysis-only keys (``baseline``, each condition's ``versus``) and the lists of conditions and references
+    (models can be added or dropped); and each condition's own settings."""
+    common = {k: v for k, v in sweep.items() if k not in ("path", "baseline", "conditions", "references")}
+    conditions = {
+        name: {k: v for k, v in c.items() if k != VERSUS} for name, c in sweep["conditions"].items()
+    }
+    return common, conditions
+
+
 def check_same_sweep(out: Path, config: SweepConfig) -> None:
-    """A folder that holds another sweep (other conditions, seeds or sizes) is refused: its units would be
-    reported as this one's."""
+    """A folder that holds another sweep (another profile, seeds, shared settings or sizes, or a condition of
+    the same name defined otherwise) is refused: its units would be reported as this one's. Adding or dropping
+    conditions and references, or changing what a condition is compared with, keeps the folder."""
     path = out / SWEEP
-    mine = {k: v for k, v in config.to_json().items() if k != "path"}
     if path.exists():
-        theirs = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k != "path"}
-        if theirs != mine:
-            raise ValueError(f"{out} holds a sweep of another configuration (see {path}); use another --out")
+        (theirs, their_conditions), (mine, my_conditions) = (
+            _measured_as(json.loads(path.read_text(encoding="utf-8"))),
+            _measured_as(config.to_json()),
+        )
+        changed = [
+            n
+            for n in their_conditions.keys() & my_conditions.keys()
+            if their_conditions[n] != my_conditions[n]
+        ]
+        if theirs != mine or changed:
+            what = f" (condition {', '.join(sorted(changed))})" if changed and theirs == mine else ""
+            raise ValueError(
+                f"{out} holds a sweep of another configuration{what} (see {path}); use another --out"
+            )
     write_json(path, config.to_json())
 
 
