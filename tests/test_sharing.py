@@ -198,6 +198,17 @@ def test_one_factor_comparisons_are_two_sided_and_holm_corrected():
     assert rows["fewer"]["difference"] == pytest.approx(-0.8) and rows["fewer"]["detected"]
     assert rows["fewer"]["p_holm"] == pytest.approx(2 * rows["fewer"]["p"])
     assert rows["same"]["difference"] == 0 and not rows["same"]["detected"]
+    # Per seed: each training seed's own transfer; "apart" only when no seed of one reaches a seed of the other.
+    assert rows["fewer"]["per_seed"] == {"fewer": [0.0, 0.0], "default": [0.8, 0.8]}
+    assert rows["fewer"]["seeds_apart"] and not rows["same"]["seeds_apart"]
+    overlapping = {
+        "high": [_knowledge(0, True), _knowledge(1, False)],
+        "low": [_knowledge(0, False), _knowledge(1, False)],
+    }
+    row = analysis.factor_table(overlapping, {"high": "low"}, seed=0)[0]
+    assert (
+        row["difference"] == pytest.approx(0.4) and not row["seeds_apart"]
+    )  # seed 1 of "high" is at 0, as "low"
 
 
 def _edit_records(moved: int) -> dict:

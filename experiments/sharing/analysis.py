@@ -30,6 +30,14 @@ def realm_scores(
     return groups
 
 
+def seed_means(rows_by_seed: Sequence[tuple[int, list[dict]]]) -> list[float]:
+    """Direct transfer of each training seed on its own: its mean over text-only realms of gen."""
+    return [
+        float(np.mean([np.mean(v) for v in realm_scores([(s, rows)], "gen", False).values()]))
+        for s, rows in rows_by_seed
+    ]
+
+
 def majority_rate(world_realms: Sequence[Any]) -> float | None:
     """What always drawing the commonest emblem kind would score on these realms (the emblem check is the
     object's shape and colour)."""
@@ -95,15 +103,24 @@ def factor_table(
 ) -> list[dict[str, Any]]:
     """One factor at a time: each condition's direct transfer (gen on text-only realms) against the condition
     it differs from by one factor (``versus``), where both are measured: difference, two-sided permutation p
-    over seed × realm groups, Holm over the comparisons."""
+    over seed × realm groups, Holm over the comparisons.
+
+    The test treats (seed, realm) as the units, so it says these trained models differ; whether the recipe
+    does also depends on how much seeds vary. Each row therefore carries every seed's own mean
+    (``per_seed``) and ``seeds_apart``: every seed of one condition lies beyond every seed of the other, on
+    the side of the difference."""
     rows = []
     for condition, other in versus.items():
         if condition in knowledge and other in knowledge:
             a, b = (realm_scores(knowledge[c], "gen", False) for c in (condition, other))
+            mine, theirs = (seed_means(knowledge[c]) for c in (condition, other))
+            difference = estimate(a)["mean"] - estimate(b)["mean"]
+            low, high = (mine, theirs) if difference < 0 else (theirs, mine)
             rows.append({
-                "condition": condition, "versus": other,
-                "difference": estimate(a)["mean"] - estimate(b)["mean"],
+                "condition": condition, "versus": other, "difference": difference,
                 "p": permutation_greater(a, b, seed, two_sided=True),
+                "per_seed": {condition: mine, other: theirs},
+                "seeds_apart": difference != 0 and max(low) < min(high),
             })  # fmt: skip
     for r, q in zip(rows, holm([r["p"] for r in rows]), strict=True):
         r |= {"p_holm": q, "detected": q <= ALPHA}

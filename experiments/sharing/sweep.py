@@ -284,6 +284,13 @@ def report(
     return section
 
 
+def _per_seed(factor: dict) -> str:
+    """Each seed's direct transfer, the condition's then the other's: ``0.26, 0.54 / 0.04, 0.27``."""
+    return " / ".join(
+        ", ".join(num(v) for v in factor["per_seed"][c]) for c in (factor["condition"], factor["versus"])
+    )
+
+
 def _tables(
     section: Section, config: SweepConfig, transfer: list, factors: list, decisions: list, per_model: list
 ) -> None:
@@ -307,11 +314,13 @@ def _tables(
     if factors:
         section.table(
             "One factor at a time: gen on text-only realms against the condition each differs from by one factor "
-            "(difference of means; two-sided permutation p over seed × realm, Holm over these comparisons)",
+            "(difference of means; two-sided permutation p over seed × realm, Holm over these comparisons). The "
+            "test's units are (seed, realm); per seed: each training seed's own direct transfer; seeds apart: every "
+            "seed of one lies beyond every seed of the other, on the side of the difference",
             markdown_table(
-                ["condition", "versus", "Δ gen (text-only)", "p (Holm)", "detected"],
+                ["condition", "versus", "Δ gen (text-only)", "p (Holm)", "detected", "per seed (condition / versus)", "seeds apart"],
                 [[f"`{r['condition']}`", f"`{r['versus']}`", num(r["difference"]), f"{r['p']:.3g} ({r['p_holm']:.3g})",
-                  "yes" if r["detected"] else "no"] for r in factors],
+                  "yes" if r["detected"] else "no", _per_seed(r), "yes" if r["seeds_apart"] else "no"] for r in factors],
             ),
         )  # fmt: skip
     if decisions:
@@ -371,7 +380,8 @@ def findings(config: SweepConfig, transfer: list, factors: list, decisions: list
             f"One factor at a time (two-sided, Holm over {len(factors)}): "
             + "; ".join(
                 f"`{r['condition']}` vs `{r['versus']}` {r['difference']:+.2f} "
-                f"(p {r['p_holm']:.3g}{', detected' if r['detected'] else ''})"
+                f"(p {r['p_holm']:.3g}{', detected' if r['detected'] else ''}; seeds {_per_seed(r)}"
+                f"{', apart' if r['seeds_apart'] else ', overlapping'})"
                 for r in factors
             )
             + "."
