@@ -30,12 +30,12 @@ def realm_scores(
     return groups
 
 
-def seed_means(rows_by_seed: Sequence[tuple[int, list[dict]]]) -> list[float]:
-    """Direct transfer of each training seed on its own: its mean over text-only realms of gen."""
-    return [
-        float(np.mean([np.mean(v) for v in realm_scores([(s, rows)], "gen", False).values()]))
-        for s, rows in rows_by_seed
-    ]
+def seed_means(groups: dict[str, list[float]]) -> list[float]:
+    """Each training seed on its own, from :func:`realm_scores`' (seed, realm) groups: its mean of realm means."""
+    by_seed: dict[str, list[float]] = {}
+    for key, verdicts in groups.items():
+        by_seed.setdefault(key.split("/", 1)[0], []).append(float(np.mean(verdicts)))
+    return [float(np.mean(v)) for v in by_seed.values()]
 
 
 def majority_rate(world_realms: Sequence[Any]) -> float | None:
@@ -113,7 +113,7 @@ def factor_table(
     for condition, other in versus.items():
         if condition in knowledge and other in knowledge:
             a, b = (realm_scores(knowledge[c], "gen", False) for c in (condition, other))
-            mine, theirs = (seed_means(knowledge[c]) for c in (condition, other))
+            mine, theirs = seed_means(a), seed_means(b)
             difference = estimate(a)["mean"] - estimate(b)["mean"]
             low, high = (mine, theirs) if difference < 0 else (theirs, mine)
             rows.append({

@@ -56,10 +56,8 @@ def check_same_sweep(out: Path, config: SweepConfig) -> None:
     conditions and references, or changing what a condition is compared with, keeps the folder."""
     path = out / SWEEP
     if path.exists():
-        (theirs, their_conditions), (mine, my_conditions) = (
-            _measured_as(json.loads(path.read_text(encoding="utf-8"))),
-            _measured_as(config.to_json()),
-        )
+        theirs, their_conditions = _measured_as(json.loads(path.read_text(encoding="utf-8")))
+        mine, my_conditions = _measured_as(config.to_json())
         changed = [
             n
             for n in their_conditions.keys() & my_conditions.keys()
@@ -413,16 +411,16 @@ def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> Non
     from experiments.paper_study.bars import ci_bars
 
     conditions = [r["condition"] for r in transfer]
-    fig, (left, right) = plt.subplots(2, 1, figsize=(max(7, 0.9 * len(conditions) + 2), 7))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.9 * len(conditions) + 2), 7))
     series = (
         ("text_gen", "gen", "#f08c00"),
         ("text_bridged", "bridged gen", "#2b8a3e"),
         ("text_und", "und", "#1c7ed6"),
     )
-    ci_bars(left, transfer, series)
-    left.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
-    left.set(ylim=(0, 1.15), ylabel="accuracy, text-only realms", title="direct transfer vs bridged")
-    left.legend(fontsize=7, ncol=3, loc="upper center")
+    ci_bars(top, transfer, series)
+    top.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
+    top.set(ylim=(0, 1.15), ylabel="accuracy, text-only realms", title="direct transfer vs bridged")
+    top.legend(fontsize=7, ncol=3, loc="upper center")
     rates = [
         {
             r["via"]: {"mean": r["rate"], "ci": r["ci"]}
@@ -432,14 +430,14 @@ def plot(transfer: Sequence[dict], decisions: Sequence[dict], path: Path) -> Non
         for c in conditions
     ]
     ci_bars(
-        right,
+        bottom,
         rates,
         (("und", "trained und → judged gen", "#1c7ed6"), ("gen", "trained gen → judged und", "#f08c00")),
         0.4,
     )
-    right.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
-    right.set(ylim=(0, 1.15), ylabel="new value in the other direction", title="edit propagation (LoRA)")
-    right.legend(fontsize=7, loc="upper center")
+    bottom.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=7)
+    bottom.set(ylim=(0, 1.15), ylabel="new value in the other direction", title="edit propagation (LoRA)")
+    bottom.legend(fontsize=7, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
