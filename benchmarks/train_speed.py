@@ -1,10 +1,9 @@
-"""Training speed of the toy UMM: today's trainer against the fast path, in one run, on one thread.
+"""Training speed of the toy UMM: today's trainer against the fast path, over a whole run, on one thread.
 
-    python benchmarks/train_speed.py [--steps 120] [--start 12000] [--variant shared]
+    python benchmarks/train_speed.py [--strata 8] [--steps 20] [--variant shared]
 
-Three trainers run the shipped recipe (``TrainConfig()``: batch 32, d 128, 4 layers) for the same steps,
-from the same step of the schedule (``--start``; 12 000 is past the curriculum, where batches are full-size),
-interleaved in blocks so a busy machine slows all three alike:
+Three trainers run the shipped recipe (``TrainConfig()``: batch 32, d 128, 4 layers, 24 000 steps) on the same
+batches, interleaved in blocks so a busy machine slows all three alike:
 
 - ``today``: the trainer as shipped before the fast path (reference engine, per-cell patch canonicalisation);
 - ``reference``: the default recipe now (the same bytes as today; patches canonicalised all at once, and
@@ -12,11 +11,14 @@ interleaved in blocks so a busy machine slows all three alike:
 - ``packed``: the fast path (``--engine packed``: packed tokens, fused q/k/v, written-out attention, fused
   AdamW, the last layer only where a loss or the pointer reads it).
 
-It prints seconds per step (process CPU time: the run's own core, whatever else the machine runs; and wall),
-the ratios, the FLOPs of one step as torch's flop counter counts them (matrix products: what the step must do
-on its real tokens, and what each trainer computes including padding), and the fraction of one core's peak
-FLOP/s each reaches; the peak is a timed 2048² matrix product in fp32 (and in bf16, for comparison). Timings
-are never asserted in tests.
+A run's steps are not alike: for the first 30 % the curriculum draws shorter examples. So the schedule is cut
+into ``--strata`` equal parts and each trainer times ``--steps`` steps from the middle of every part; a part
+stands for all its steps, so the summed times estimate a whole run's, and the ratio of the sums is the run's
+speed-up. The script prints it per part and for the run: process CPU time (the run's own core, whatever else
+the machine runs) and wall time; the FLOPs of a step as torch's flop counter counts them (matrix products: on
+the real tokens, the packed count, and what each trainer computes including padding; the mean of every part's
+first step), and the fraction of one core's peak FLOP/s each reaches; the peak is a timed 2048² matrix product
+in fp32 (and in bf16, for comparison). Timings are never asserted in tests.
 """
 
 from __future__ import annotations
@@ -113,44 +115,65 @@ class Trainer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=120, help="timed steps per trainer (default 120)")
-    parser.add_argument(
-        "--start", type=int, default=12000, help="schedule step to start from (default 12000)"
-    )
-    parser.add_argument("--block", type=int, default=10, help="steps per turn when interleaving (default 10)")
+    parser.add_argument("--strata", type=int, default=8, help="parts of the schedule timed (default 8)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per part and trainer (default 20)")
+    parser.add_argument("--block", type=int, default=5, help="steps per turn when interleaving (default 5)")
     parser.add_argument("--variant", default="shared", choices=("shared", "decoupled"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    total = TrainConfig().steps
+    starts = [round((k + 0.5) * total / args.strata) for k in range(args.strata)]
     with tempfile.TemporaryDirectory() as tmp:
         trainers = [
             Trainer("today", "reference", todays_batches, args.variant, Path(tmp)),
             Trainer("reference", "reference", nothing, args.variant, Path(tmp)),
             Trainer("packed", "packed", nothing, args.variant, Path(tmp)),
         ]
-        useful = step_flops(trainers[2].run, args.start)
-        counted = {t.name: step_flops(t.run, args.start) for t in trainers}
+        useful = sum(step_flops(trainers[2].run, s) for s in starts) / len(starts)
+        counted = {t.name: sum(step_flops(t.run, s) for s in starts) / len(starts) for t in trainers}
         for t in trainers:  # warm-up: allocator, first-call paths
-            t.steps_from(args.start, 2)
-            t.cpu = t.wall = 0.0
-            t.steps = 0
-        for first in range(args.start + 2, args.start + 2 + args.steps, args.block):
+            t.steps_from(starts[0], 2)
+        parts = []
+        for first in starts:
             for t in trainers:
-                t.steps_from(first, min(args.block, args.start + 2 + args.steps - first))
+                t.cpu = t.wall = 0.0
+                t.steps = 0
+            for block in range(first, first + args.steps, args.block):
+                for t in trainers:
+                    t.steps_from(block, min(args.block, first + args.steps - block))
+            parts.append({t.name: (t.cpu / t.steps, t.wall / t.steps) for t in trainers})
     peak32, peak16 = (peak_flops(dtype, n=2048, repeats=3) for dtype in (torch.float32, torch.bfloat16))
-    print(f"toy {args.variant}, shipped recipe, {args.steps} steps from step {args.start}, one thread")
-    print(f"one core's peak (2048² matmul): fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
-    print(f"FLOPs of a step on its real tokens (packed count): {useful / 1e9:.2f} GFLOP")
+    names = [t.name for t in trainers]
+    run = {n: tuple(sum(p[n][i] for p in parts) / len(parts) for i in (0, 1)) for n in names}
     print(
-        "| trainer | CPU s/step | wall s/step | speed-up (CPU / wall) vs today | GFLOP computed | "
+        f"toy {args.variant}, shipped recipe, {args.steps} steps from the middle of each of {args.strata} parts "
+        f"of the {total}-step schedule, one thread"
+    )
+    print(f"one core's peak (2048² matmul): fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
+    print(f"FLOPs of a step on its real tokens (packed count, mean over the parts): {useful / 1e9:.2f} GFLOP")
+    print()
+    print(
+        "| part (steps from) | curriculum | "
+        + " | ".join(f"{n} CPU s/step" for n in names)
+        + " | packed vs today |"
+    )
+    print("|---|---|" + "---|" * len(names) + "---|")
+    for first, p in zip(starts, parts, strict=True):
+        level = min(1.0, first / (0.3 * total))
+        cells = " | ".join(f"{p[n][0]:.4f}" for n in names)
+        print(f"| {first} | {level:.2f} | {cells} | {p['today'][0] / p['packed'][0]:.2f}x |")
+    print()
+    print(
+        "| trainer (whole run) | CPU s/step | wall s/step | speed-up (CPU / wall) vs today | GFLOP computed | "
         "useful GFLOP/s | of fp32 peak |"
     )
     print("|---|---|---|---|---|---|---|")
-    today = trainers[0]
-    for t in trainers:
-        cpu, wall = t.cpu / t.steps, t.wall / t.steps
+    today = run["today"]
+    for n in names:
+        cpu, wall = run[n]
         print(
-            f"| {t.name} | {cpu:.4f} | {wall:.4f} | {today.cpu / t.cpu:.2f}x / {today.wall / t.wall:.2f}x | "
-            f"{counted[t.name] / 1e9:.2f} | {useful / cpu / 1e9:.1f} | {useful / cpu / peak32:.0%} |"
+            f"| {n} | {cpu:.4f} | {wall:.4f} | {today[0] / cpu:.2f}x / {today[1] / wall:.2f}x | "
+            f"{counted[n] / 1e9:.2f} | {useful / cpu / 1e9:.1f} | {useful / cpu / peak32:.0%} |"
         )
 
 

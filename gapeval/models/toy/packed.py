@@ -55,6 +55,7 @@ class Packed:
     groups: list[Group]
     back: torch.Tensor  # (N,) row of each packed token in the groups' padded rows, concatenated
     rows: torch.Tensor  # the groups' padded rows, flattened and concatenated (the inverse of ``back``)
+    padded: torch.Tensor  # ``rows`` with padding pointing one past the last token (a zero row in backward)
 
     @property
     def n_seqs(self) -> int:
@@ -100,7 +101,28 @@ def pack(seqs: Seq[Sequence], groups: int) -> Packed:
         groups=sub_batches,
         back=torch.from_numpy(back),
         rows=torch.cat([g.rows.view(-1) for g in sub_batches]),
+        padded=torch.cat([r.view(-1) for r in parts]),
     )
+
+
+class _Regroup(torch.autograd.Function):
+    """``x.index_select(0, index)`` where ``index`` reorders rows, each row of ``x`` taken once (padding aside),
+    so the gradient is a gather by the inverse order (``inverse``: where each row of ``x`` went; one past the
+    end: nowhere, gradient zero) instead of a scatter-add into a zero-filled buffer. The gradient reaching
+    padding rows must be zero, which the causal mask and the dropped padded outputs guarantee."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        ctx.rows = len(index)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        if int(inverse.max()) == ctx.rows:  # some rows of x went nowhere: they read a zero row
+            grad = torch.cat([grad, grad.new_zeros(1, grad.shape[1])])
+        return grad.index_select(0, inverse), None, None
 
 
 def _masks(model: ToyUMM, group: Group) -> list[torch.Tensor]:
@@ -111,29 +133,66 @@ def _masks(model: ToyUMM, group: Group) -> list[torch.Tensor]:
     if not c.cell_bias:
         return [causal.expand(b * c.n_heads, t, t)] * c.n_layers
     about = torch.where(group.next_cell > 0, group.next_cell, group.cell)
-    same = ((about[:, :, None] == group.cell[:, None, :]) & (about[:, :, None] > 0))[:, None]
+    # Made float once: a bool factor would be converted again in every layer's product and its backward.
+    same = ((about[:, :, None] == group.cell[:, None, :]) & (about[:, :, None] > 0))[:, None].float()
     # Layer by layer: one (L, B, H, T, T) tensor split per layer would cost a stacking copy in backward.
     bias = model.cell_attn_bias[:, :, None, None]
     return [(causal + same * bias[i]).reshape(b * c.n_heads, t, t) for i in range(c.n_layers)]
 
 
+class _GroupAttention(torch.autograd.Function):
+    """Causal self-attention of right-padded sub-batches, their rows stacked: ``rows`` (R, 3d) → (R, d).
+
+    The forward is what autograd would record for ``baddbmm`` (scores with the mask), ``softmax`` and ``bmm``;
+    the backward runs the same products autograd's formulas run, in the same operand layouts, so the gradients
+    are the same bytes. What it leaves out is autograd's bookkeeping between them: each sub-batch's q, k and v
+    gradients go straight into their columns of one (R, 3d) buffer, where autograd would stack them, copy the
+    stack into row order and concatenate the sub-batches (three full passes over the gradient per layer).
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, heads: int, shapes: list[tuple[int, int]], *masks: torch.Tensor):
+        d = rows.shape[1] // 3
+        dh = d // heads
+        outs, saved = [], []
+        for (b, t), part, mask in zip(shapes, rows.split([b * t for b, t in shapes]), masks, strict=True):
+            q, k, v = part.view(b, t, 3, heads, dh).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = (x.reshape(b * heads, t, dh) for x in (q, k, v))
+            p = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=dh**-0.5).softmax(-1)
+            outs.append(torch.bmm(p, v).view(b, heads, t, dh).transpose(1, 2).reshape(b * t, d))
+            saved += [q, k, v, p]
+        ctx.save_for_backward(*saved)
+        ctx.heads, ctx.shapes = heads, shapes
+        return torch.cat(outs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        heads, saved = ctx.heads, ctx.saved_tensors
+        d = grad.shape[1]
+        dh, scale = d // heads, (d // heads) ** -0.5
+        grad_rows = grad.new_empty(grad.shape[0], 3 * d)
+        grad_masks, start = [], 0
+        for i, (b, t) in enumerate(ctx.shapes):
+            q, k, v, p = saved[4 * i : 4 * i + 4]
+            dout = grad[start : start + b * t].view(b, t, heads, dh).transpose(1, 2).reshape(b * heads, t, dh)
+            dp = dout.bmm(v.transpose(1, 2))  # autograd's bmm(p, v) backward
+            dv = p.transpose(1, 2).bmm(dout)
+            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
+            dq = ds.bmm(k) * scale  # autograd's baddbmm(mask, q, k^T) backward; the mask's gradient is ds
+            dk = (q.transpose(1, 2).bmm(ds) * scale).transpose(1, 2)
+            into = grad_rows[start : start + b * t].view(b, t, 3, heads, dh).permute(2, 0, 3, 1, 4)
+            for j, g in enumerate((dq, dk, dv)):
+                into[j].copy_(g.unflatten(0, (b, heads)))
+            grad_masks.append(ds if ctx.needs_input_grad[3 + i] else None)
+            start += b * t
+        return grad_rows, None, None, *grad_masks
+
+
 def _attention(qkv: torch.Tensor, packed: Packed, masks: list[torch.Tensor], heads: int) -> torch.Tensor:
     """Causal self-attention of every sequence; ``qkv`` (N, 3d) packed, result (N, d) packed."""
-    d = qkv.shape[1] // 3
-    # One gather for every sub-batch (its backward is one scatter, not one full-size zero buffer per group).
-    rows = qkv.index_select(0, packed.rows)
-    outs, start = [], 0
-    for group, mask in zip(packed.groups, masks, strict=True):
-        b, t = group.rows.shape
-        q, k, v = (
-            rows[start : start + b * t].view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        )
-        start += b * t
-        q, k, v = (x.reshape(b * heads, t, d // heads) for x in (q, k, v))
-        scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=(d // heads) ** -0.5)
-        out = torch.bmm(scores.softmax(-1), v).view(b, heads, t, d // heads).transpose(1, 2)
-        outs.append(out.reshape(b * t, d))
-    return torch.cat(outs).index_select(0, packed.back)
+    rows = _Regroup.apply(qkv, packed.rows, packed.back)  # one gather for every sub-batch
+    shapes = [tuple(g.rows.shape) for g in packed.groups]
+    return _Regroup.apply(_GroupAttention.apply(rows, heads, shapes, *masks), packed.back, packed.padded)
 
 
 def hidden_states(model: ToyUMM, packed: Packed, keep: torch.Tensor) -> torch.Tensor:
