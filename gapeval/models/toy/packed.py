@@ -10,6 +10,9 @@ Where the reference path spends a step (docs/toy-model.md, "Training speed") and
 - attention is written out (scores with the mask added in the same product, softmax, values) on right-padded
   sub-batches, where the causal mask alone hides the padding; ``scaled_dot_product_attention`` takes its
   slower path here (the cell bias makes the mask require grad) and checks every row for being fully masked;
+  its backward is written out (:class:`_GroupAttention`: autograd's products, in its operand layouts, without
+  its stacking and copying of the q, k and v gradients), and rows move between packed and grouped order by a
+  gather both ways (:class:`_Regroup`), never a scatter into zeros;
 - AdamW runs fused (see :func:`make_optimizer`).
 
 It reads the model's own parameters, so checkpoints, adapters and resuming are the same for both engines.
