@@ -171,9 +171,9 @@ class _GroupAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         heads, saved = ctx.heads, ctx.saved_tensors
-        d = grad.shape[1]
-        dh, scale = d // heads, (d // heads) ** -0.5
-        grad_rows = grad.new_empty(grad.shape[0], 3 * d)
+        dh = grad.shape[1] // heads
+        scale = dh**-0.5  # the forward's alpha
+        grad_rows = grad.new_empty(grad.shape[0], 3 * grad.shape[1])
         grad_masks, start = [], 0
         for i, (b, t) in enumerate(ctx.shapes):
             q, k, v, p = saved[4 * i : 4 * i + 4]
