@@ -18,7 +18,7 @@ from gapeval.models.toy.adapter import ToyAdapter
 from gapeval.models.toy.codec import CELL, GRID, N_TOKENS, _interior_shift, cell_patches
 from gapeval.models.toy.data import REALM_TASKS, MixtureSampler, vocabulary_texts
 from gapeval.models.toy.losses import reference_losses
-from gapeval.models.toy.packed import _GroupAttention, _Regroup, packed_losses
+from gapeval.models.toy.packed import _GroupAttention, _Regroup, _Spread, pack, packed_losses
 from gapeval.models.toy.sequence import IGNORE
 from gapeval.models.toy.tokenizer import TextTokenizer, words
 from gapeval.models.toy.train import TrainConfig, _Run, train
@@ -221,6 +221,36 @@ def test_regrouping_rows_gives_index_selects_gradient():
     some, where = torch.tensor([4, 1]), torch.tensor([2, 1, 2, 2, 0])
     fast = torch.autograd.grad(_Regroup.apply(x, some, where), x, grad[:2])[0]
     assert torch.equal(fast, torch.autograd.grad(x.index_select(0, some), x, grad[:2])[0])
+
+
+def test_spreading_rows_gives_index_selects_gradient_byte_for_byte():
+    """Many tokens read one sequence's pointer memory: ``index_add_`` must sum them as autograd does."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, 5, generator=gen, requires_grad=True)
+    index = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5, 5])  # row 1 and 4 read by no token: zero gradient
+    grad = torch.randn(len(index), 3, 5, generator=gen)
+    fast = torch.autograd.grad(_Spread.apply(x, index), x, grad)[0]
+    assert torch.equal(fast, torch.autograd.grad(x.index_select(0, index), x, grad)[0])
+    assert not fast[[1, 4]].any()
+
+
+def test_packing_keeps_every_token_once_and_sequences_apart(tmp_path):
+    run = _Run(TrainConfig.quick("shared"), tmp_path)
+    seqs = [run.builder.example_of(run.sampler.sample(1.0)) for _ in range(7)]
+    packed = pack(seqs, groups=3)
+    n = sum(len(s) for s in seqs)
+    assert torch.equal(packed.ids, torch.tensor([i for s in seqs for i in s.ids]))
+    # every token sits in exactly one padded row slot, and the two orders invert each other
+    assert torch.equal(packed.padded[packed.back], torch.arange(n))
+    assert sorted(packed.padded[packed.padded < n].tolist()) == list(range(n))
+    assert torch.equal(packed.rows, packed.padded.where(packed.padded < n, 0))
+    for s, seq in enumerate(seqs):  # positions restart, and a row holds one sequence, left-aligned
+        mine = (packed.seq == s).nonzero()[:, 0]
+        assert torch.equal(packed.positions[mine], torch.arange(len(seq)))
+        slots = packed.back[mine]
+        assert torch.equal(slots, slots[0] + torch.arange(len(seq)))
+    widths = [g.rows.shape[1] for g in packed.groups]
+    assert widths == sorted(widths) and sum(len(g.rows) for g in packed.groups) == len(seqs)
 
 
 # --- the settings as data: CLI, config file, checkpoint, resume ----------------------------------------------

@@ -13,6 +13,8 @@ Where the reference path spends a step (docs/toy-model.md, "Training speed") and
   its backward is written out (:class:`_GroupAttention`: autograd's products, in its operand layouts, without
   its stacking and copying of the q, k and v gradients), and rows move between packed and grouped order by a
   gather both ways (:class:`_Regroup`), never a scatter into zeros;
+- each answer token's copy of its sequence's pointer memory sums its gradient back with ``index_add_``
+  (:class:`_Spread`), not autograd's element-wise scatter;
 - AdamW runs fused (see :func:`make_optimizer`).
 
 It reads the model's own parameters, so checkpoints, adapters and resuming are the same for both engines.
@@ -71,19 +73,20 @@ def _cat(seqs: Seq[Sequence], name: str) -> torch.Tensor:
 
 def pack(seqs: Seq[Sequence], groups: int) -> Packed:
     """Pack ``seqs`` (any order) and sort them by length into ``groups`` attention sub-batches."""
-    lengths = [len(s) for s in seqs]
-    starts = np.cumsum([0] + lengths[:-1])
-    n = int(sum(lengths))
+    lengths = np.array([len(s) for s in seqs])
+    starts = np.cumsum(lengths) - lengths
+    n = int(lengths.sum())
     order = sorted(range(len(seqs)), key=lambda i: lengths[i])
     size = -(-len(order) // groups)
     parts, back, offset = [], np.zeros(n, dtype=np.int64), 0
     for first in range(0, len(order), size):
-        rows = order[first : first + size]
-        width = max(lengths[i] for i in rows)
-        index = np.full((len(rows), width), n, dtype=np.int64)
-        for r, i in enumerate(rows):
-            index[r, : lengths[i]] = np.arange(starts[i], starts[i] + lengths[i])
-            back[starts[i] : starts[i] + lengths[i]] = offset + r * width + np.arange(lengths[i])
+        rows = np.array(order[first : first + size])
+        width = int(lengths[rows].max())
+        # Row r of the group holds sequence rows[r]: column j is its token starts + j, or n (padding).
+        column = np.arange(width)
+        real = column < lengths[rows][:, None]
+        index = np.where(real, starts[rows][:, None] + column, n)
+        back[index[real]] = offset + np.flatnonzero(real)
         offset += index.size
         parts.append(torch.from_numpy(index))
     cell, next_cell = _cat(seqs, "cell"), _cat(seqs, "next_cell")
@@ -96,7 +99,7 @@ def pack(seqs: Seq[Sequence], groups: int) -> Packed:
         ids=_cat(seqs, "ids"),
         cell=cell,
         next_cell=next_cell,
-        positions=torch.from_numpy(np.concatenate([np.arange(k) for k in lengths])),
+        positions=torch.from_numpy(np.arange(n) - np.repeat(starts, lengths)),
         seq=torch.from_numpy(np.repeat(np.arange(len(seqs)), lengths)),
         target=_cat(seqs, "target"),
         patch_mask=_cat(seqs, "patch") if patches else None,
@@ -126,6 +129,23 @@ class _Regroup(torch.autograd.Function):
         if int(inverse.max()) == ctx.rows:  # some rows of x went nowhere: they read a zero row
             grad = torch.cat([grad, grad.new_zeros(1, grad.shape[1])])
         return grad.index_select(0, inverse), None, None
+
+
+class _Spread(torch.autograd.Function):
+    """``x.index_select(0, index)`` where many rows read one row of ``x`` (each token its sequence's pointer
+    memory): the gradient sums them with ``index_add_``, one vectorised row at a time, where autograd's
+    scatter-add walks an index as large as the gradient (4x slower here; the same sums in the same order)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = len(x)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_add_(0, index, grad), None
 
 
 def _masks(model: ToyUMM, group: Group) -> list[torch.Tensor]:
@@ -248,7 +268,7 @@ def packed_losses(model: ToyUMM, builder: SequenceBuilder, seqs: list[Sequence],
         keys = keys.index_put(
             (packed.seq[pick], packed.cell[pick]), h.index_select(0, slot[pick]), accumulate=True
         )
-        memory = model.pointer_proj(keys[:, 1:]).index_select(0, packed.seq[valid])
+        memory = _Spread.apply(model.pointer_proj(keys[:, 1:]), packed.seq[valid])
     target = packed.target[valid]
     per_token = F.cross_entropy(
         model.joint_logits(h.index_select(0, slot[valid]), memory), target, reduction="none"
