@@ -177,6 +177,19 @@ def compare(pairs: Seq[tuple[Path, Path]], references: Seq[Path], every: int) ->
                 f"{e['und_acc']:.3f} / {e['gen_acc']:.3f} (loss {t.get('loss_und', float('nan')):.3f})"
             )
         print(f"| {s} | " + " | ".join(cells) + " |")
+    if steps:
+        print()
+        print(f"per category at step {steps[-1]}, und / gen:")
+        print()
+        print("| category | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(runs))
+        for category in emergence[runs[0]][steps[-1]].get("categories", {}):
+            cells = [emergence[r][steps[-1]]["categories"][category] for r in runs]
+            print(
+                f"| {category} | "
+                + " | ".join(f"{c['und_acc']:.2f} / {c['gen_acc']:.2f}" for c in cells)
+                + " |"
+            )
     if not pairs:
         return
     last = common_steps([emergence[p] for pair in pairs for p in pair], every)
