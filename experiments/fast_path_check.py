@@ -208,6 +208,17 @@ def compare(pairs: Seq[tuple[Path, Path]], references: Seq[Path], every: int) ->
     print(
         f"(with {len(pairs)} pair(s) the smallest possible p is {0.5 ** len(pairs):.3g}: suggestive at most)"
     )
+    print()
+    print("along training (every common step after 0; the steps of one run are not independent, so no test):")
+    for r, f in pairs:
+        shared = [t for t in common_steps([emergence[r], emergence[f]], every) if t > 0]
+        diffs = [emergence[f][t]["und_acc"] - emergence[r][t]["und_acc"] for t in shared]
+        above = sum(d > 0 for d in diffs)
+        print(
+            f"- {_label(f)} − {_label(r)}: und higher at {above} of {len(diffs)} steps, "
+            f"mean difference {sum(diffs) / max(len(diffs), 1):+.3f} (steps {shared[0] if shared else '-'}–"
+            f"{shared[-1] if shared else '-'})"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

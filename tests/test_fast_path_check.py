@@ -37,3 +37,4 @@ def test_compare_pairs_runs_at_their_last_shared_step(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "at step 1500" in out and "| 3000 |" not in out
     assert "und_acc: +0.100; 1 of 1 positive" in out and "gen_acc: -0.100; 0 of 1 positive" in out
+    assert "und higher at 1 of 1 steps, mean difference +0.100 (steps 1500–1500)" in out
