@@ -154,16 +154,12 @@ def agreement(checkpoint: Path, seed: int, per_task: int) -> None:
 # --- compare -------------------------------------------------------------------------------------------------
 
 
-def _label(run: Path) -> str:
-    return run.name
-
-
 def compare(pairs: Seq[tuple[Path, Path]], references: Seq[Path], every: int) -> None:
     runs = [p for pair in pairs for p in pair] + list(references)
     emergence = {r: by_step(read_jsonl(r / "emergence.jsonl")) for r in runs}
     losses = {r: by_step(read_jsonl(r / "train_log.jsonl")) for r in runs}
     steps = common_steps([emergence[r] for r in runs], every)
-    names = [_label(r) for r in runs]
+    names = [r.name for r in runs]
     print(
         "suite accuracy und / gen (whole suite, greedy), and the windowed und training loss, at steps every run logged"
     )
@@ -215,7 +211,7 @@ def compare(pairs: Seq[tuple[Path, Path]], references: Seq[Path], every: int) ->
         diffs = [emergence[f][t]["und_acc"] - emergence[r][t]["und_acc"] for t in shared]
         above = sum(d > 0 for d in diffs)
         print(
-            f"- {_label(f)} − {_label(r)}: und higher at {above} of {len(diffs)} steps, "
+            f"- {f.name} − {r.name}: und higher at {above} of {len(diffs)} steps, "
             f"mean difference {sum(diffs) / max(len(diffs), 1):+.3f} (steps {shared[0] if shared else '-'}–"
             f"{shared[-1] if shared else '-'})"
         )
