@@ -228,10 +228,14 @@ def test_spreading_rows_gives_index_selects_gradient_byte_for_byte():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(6, 3, 5, generator=gen, requires_grad=True)
     index = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5, 5])  # row 1 and 4 read by no token: zero gradient
-    grad = torch.randn(len(index), 3, 5, generator=gen)
-    fast = torch.autograd.grad(_Spread.apply(x, index), x, grad)[0]
-    assert torch.equal(fast, torch.autograd.grad(x.index_select(0, index), x, grad)[0])
-    assert not fast[[1, 4]].any()
+    # contiguous, and transposed as the pointer scores' einsum hands it back (summed in its own memory order)
+    for grad in (
+        torch.randn(len(index), 3, 5, generator=gen),
+        torch.randn(len(index), 5, 3, generator=gen).mT,
+    ):
+        fast = torch.autograd.grad(_Spread.apply(x, index), x, grad)[0]
+        assert torch.equal(fast, torch.autograd.grad(x.index_select(0, index), x, grad)[0])
+        assert fast.is_contiguous() and not fast[[1, 4]].any()
 
 
 def test_packing_keeps_every_token_once_and_sequences_apart(tmp_path):
@@ -240,6 +244,7 @@ def test_packing_keeps_every_token_once_and_sequences_apart(tmp_path):
     packed = pack(seqs, groups=3)
     n = sum(len(s) for s in seqs)
     assert torch.equal(packed.ids, torch.tensor([i for s in seqs for i in s.ids]))
+    assert packed.ids.dtype == packed.target.dtype == torch.long
     # every token sits in exactly one padded row slot, and the two orders invert each other
     assert torch.equal(packed.padded[packed.back], torch.arange(n))
     assert sorted(packed.padded[packed.padded < n].tolist()) == list(range(n))
