@@ -1,6 +1,6 @@
 """Training speed of the toy UMM: today's trainer against the fast path, over a whole run, on one thread.
 
-    python benchmarks/train_speed.py [--strata 8] [--steps 20] [--variant shared]
+    python benchmarks/train_speed.py [--strata 8] [--steps 60] [--variant shared]
 
 Three trainers run the shipped recipe (``TrainConfig()``: batch 32, d 128, 4 layers, 24 000 steps) on the same
 batches, interleaved in blocks so a busy machine slows all three alike:
@@ -14,7 +14,8 @@ batches, interleaved in blocks so a busy machine slows all three alike:
 A run's steps are not alike: for the first 30 % the curriculum draws shorter examples. So the schedule is cut
 into ``--strata`` equal parts and each trainer times ``--steps`` steps from the middle of every part; a part
 stands for all its steps, so the summed times estimate a whole run's, and the ratio of the sums is the run's
-speed-up. The script prints it per part and for the run: process CPU time (the run's own core, whatever else
+speed-up. 60 steps a part (~17 minutes on a slow core) keep the parts' ratios within ~1 % of each other on a
+shared host; with 20 they scattered by ±4 %. The script prints it per part and for the run: process CPU time (the run's own core, whatever else
 the machine runs) and wall time; the FLOPs of a step as torch's flop counter counts them (matrix products: on
 the real tokens, the packed count, and what each trainer computes including padding; the mean of every part's
 first step), and the fraction of one core's peak FLOP/s each reaches; the peak is a timed 2048² matrix product
@@ -116,7 +117,7 @@ class Trainer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--strata", type=int, default=8, help="parts of the schedule timed (default 8)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per part and trainer (default 20)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per part and trainer (default 60)")
     parser.add_argument("--block", type=int, default=5, help="steps per turn when interleaving (default 5)")
     parser.add_argument("--variant", default="shared", choices=("shared", "decoupled"))
     args = parser.parse_args()
