@@ -35,7 +35,7 @@ KINDS = {
 KIND_OF = {op: kind for kind, ops in KINDS.items() for op in ops}
 
 
-def batch_seconds(run: _Run, first: int, steps: int) -> float:
+def batch_seconds(run: _Run, steps: int) -> float:
     """CPU seconds a step spends sampling examples and building their sequences (the sampler's state is kept)."""
     state = run.sampler.rng.getstate()
     start = time.process_time()
@@ -59,7 +59,7 @@ def main() -> None:
         for step in range(args.from_step, args.from_step + 3):
             run._step(step)
         first = args.from_step + 3
-        building = batch_seconds(run, first, args.steps)
+        building = batch_seconds(run, args.steps)
         with profile() as prof:
             for step in range(first, first + args.steps):
                 run._step(step)

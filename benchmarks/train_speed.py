@@ -16,10 +16,10 @@ into ``--strata`` equal parts and each trainer times ``--steps`` steps from the 
 stands for all its steps, so the summed times estimate a whole run's, and the ratio of the sums is the run's
 speed-up. 60 steps a part (~17 minutes on a slow core) keep a run's parts within ~2 % of each other on a
 shared host, where 20 let them scatter by up to 11 %; the whole-run ratio still moves between runs with the
-host's load (1.48-1.52x in one afternoon). The script prints it per part and for the run: process CPU time (the run's own core, whatever else
-the machine runs) and wall time; the FLOPs of a step as torch's flop counter counts them (matrix products: on
-the real tokens, the packed count, and what each trainer computes including padding; the mean of every part's
-first step), and the fraction of one core's peak FLOP/s each reaches; the peak is a timed 2048² matrix product
+host's load (1.48-1.52x in one afternoon). The script prints it per part and for the run: process CPU time
+(the run's own core, whatever else the machine runs) and wall time; the FLOPs of a step as torch's flop
+counter counts them (matrix products: on the real tokens, the packed count, and what each trainer computes
+including padding; the mean of every part's first step), and the fraction of one core's peak FLOP/s each reaches; the peak is a timed 2048² matrix product
 in fp32 (and in bf16, for comparison). Timings are never asserted in tests.
 """
 

@@ -148,10 +148,11 @@ class _Spread(torch.autograd.Function):
         (index,) = ctx.saved_tensors
         # The gradient arrives transposed (the pointer scores' einsum): summed in its own memory order, rows
         # add as whole vectors (4x faster here than through a strided view); each element's sum is the same.
-        inner = sorted(range(1, grad.dim()), key=lambda dim: -grad.stride(dim))
-        laid = grad.permute(0, *inner).contiguous()
+        order = [0, *sorted(range(1, grad.dim()), key=lambda dim: -grad.stride(dim))]
+        laid = grad.permute(order).contiguous()
         total = laid.new_zeros(ctx.rows, *laid.shape[1:]).index_add_(0, index, laid)
-        return total.permute(0, *(1 + inner.index(dim) for dim in range(1, grad.dim()))).contiguous(), None
+        back = sorted(range(len(order)), key=order.__getitem__)  # the inverse permutation
+        return total.permute(back).contiguous(), None
 
 
 def _masks(model: ToyUMM, group: Group) -> list[torch.Tensor]:
